@@ -1,0 +1,189 @@
+"""Image datasets for both tracks, and the conversion between images and model tensors.
+
+`load(name)` gives a `datasets.Dataset` with an `image` column (PIL) and, where the data has
+one, a `label` column. Small-track sets are built from data that ships inside pip packages, so
+they load offline; full-track sets come from the Hub at a pinned revision.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import numpy as np
+from PIL import Image
+
+
+class DataError(ValueError):
+    """A dataset name or an image batch that coursekit cannot use; the message says why."""
+
+
+def _digits():
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    pixels = (digits.images / 16.0 * 255.0).round().astype(np.uint8)
+    images = [Image.fromarray(p, mode="L") for p in pixels]
+    return images, digits.target.tolist(), [str(i) for i in range(10)]
+
+
+def _photo_crops(size: int = 32, window: int = 96, stride: int = 48):
+    """Square crops of the photos bundled with scikit-learn and matplotlib, resized to `size`."""
+    import matplotlib.cbook
+    from sklearn.datasets import load_sample_images
+
+    sk = load_sample_images()
+    photos = dict(zip(["china", "flower"], sk.images))
+    with matplotlib.cbook.get_sample_data("grace_hopper.jpg") as f:
+        photos["grace_hopper"] = np.asarray(Image.open(f).convert("RGB"))
+    images, labels = [], []
+    for label, (name, photo) in enumerate(photos.items()):
+        h, w = photo.shape[:2]
+        for top in range(0, h - window + 1, stride):
+            for left in range(0, w - window + 1, stride):
+                crop = Image.fromarray(photo[top:top + window, left:left + window])
+                images.append(crop.resize((size, size), Image.Resampling.BICUBIC))
+                labels.append(label)
+    return images, labels, list(photos)
+
+
+SMALL: dict[str, Callable] = {"digits": _digits, "photo-crops": _photo_crops}
+
+
+@dataclass(frozen=True)
+class HubDataset:
+    repo: str
+    image: str = "image"
+    label: str | None = None
+    small: str = "digits"
+
+
+FULL = {
+    "mnist": HubDataset("ylecun/mnist", label="label", small="digits"),
+    "butterflies": HubDataset("huggan/smithsonian_butterflies_subset", small="photo-crops"),
+    "wikiart": HubDataset("huggan/wikiart", label="style", small="photo-crops"),
+}
+
+
+def names() -> list[str]:
+    return sorted(SMALL) + sorted(FULL) + sorted(d.repo for d in FULL.values())
+
+
+def _small(name: str):
+    from datasets import ClassLabel, Dataset, Features
+    from datasets import Image as ImageFeature
+
+    images, labels, label_names = SMALL[name]()
+    features = Features({"image": ImageFeature(), "label": ClassLabel(names=label_names)})
+    return Dataset.from_dict({"image": images, "label": labels}, features=features)
+
+
+def _full(spec: HubDataset, split: str):
+    from datasets import load_dataset
+
+    from . import hub, tracks
+
+    if not tracks.is_cached(spec.repo, "dataset") and not tracks.hub_reachable():
+        why = "HF_HUB_OFFLINE is set" if tracks.hub_offline_flag() else "the Hub is unreachable"
+        raise DataError(
+            f"{spec.repo} is a full-track dataset, it is not in the Hugging Face cache, and {why}. "
+            f"Use the small-track equivalent: coursekit.data.load({spec.small!r}); "
+            "or fetch it first on a machine with network access."
+        )
+    ds = load_dataset(spec.repo, revision=hub.revision(spec.repo), split=split)
+    keep = {spec.image: "image"}
+    if spec.label:
+        keep[spec.label] = "label"
+    ds = ds.select_columns(list(keep))
+    for old, new in keep.items():
+        if old != new:
+            ds = ds.rename_column(old, new)
+    return ds
+
+
+def load(name: str, split: str = "train"):
+    """A `datasets.Dataset` with columns `image` (and `label` where there is one).
+
+    Small track: 'digits' (scikit-learn's 8x8 digits, 10 classes) and 'photo-crops' (colour crops
+    of three bundled photos, labelled by photo). Full track: 'mnist', 'butterflies', 'wikiart'
+    or their Hub ids.
+    """
+    if name in SMALL:
+        return _small(name)
+    spec = FULL.get(name) or next((d for d in FULL.values() if d.repo == name), None)
+    if spec is None:
+        raise DataError(f"unknown dataset {name!r}; known: {', '.join(names())}")
+    return _full(spec, split)
+
+
+def to_tensor(images: Image.Image | Sequence[Image.Image], size: int, channels: int):
+    """PIL image(s) -> float tensor (N, channels, size, size) with values in [-1, 1]."""
+    import torch
+
+    if channels not in (1, 3):
+        raise DataError(f"channels must be 1 (grey) or 3 (RGB), got {channels}")
+    if isinstance(images, Image.Image):
+        images = [images]
+    mode = "L" if channels == 1 else "RGB"
+    arrays = []
+    for im in images:
+        if not isinstance(im, Image.Image):
+            raise DataError(f"to_tensor takes PIL images, got {type(im).__name__}; use to_pil first for tensors")
+        im = im.convert(mode).resize((size, size), Image.Resampling.BILINEAR)
+        arrays.append(np.asarray(im, dtype=np.float32).reshape(size, size, channels))
+    x = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2)
+    return x / 127.5 - 1.0
+
+
+def to_pil(x) -> list[Image.Image]:
+    """Tensor (N, C, H, W) or (C, H, W) in [-1, 1] -> list of PIL images; C is 1 or 3.
+
+    Values outside [-1, 1] (noisy images) are clipped; values far outside are refused, since
+    they mean the tensor is on another scale (0..255).
+    """
+    import torch
+
+    if not isinstance(x, torch.Tensor):
+        raise DataError(f"to_pil takes a torch tensor, got {type(x).__name__}")
+    if x.ndim == 3:
+        x = x[None]
+    if x.ndim != 4 or x.shape[1] not in (1, 3):
+        raise DataError(f"to_pil expects shape (N, 1 or 3, H, W), got {tuple(x.shape)}")
+    if not x.is_floating_point():
+        raise DataError(f"to_pil expects a float tensor in [-1, 1], got dtype {x.dtype}; use x / 127.5 - 1")
+    lo, hi = float(x.min()), float(x.max())
+    if lo < -8 or hi > 8:  # noisy x_t strays past [-1, 1]; 0..255 pixels stray far beyond
+        raise DataError(
+            f"to_pil expects values in [-1, 1] (clipped for display), got [{lo:.3g}, {hi:.3g}]; "
+            "for 0..255 pixels use x / 127.5 - 1, for 0..1 use x * 2 - 1"
+        )
+    pixels = ((x.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    pixels = pixels.permute(0, 2, 3, 1).numpy()
+    if pixels.shape[-1] == 1:
+        return [Image.fromarray(p[..., 0], mode="L") for p in pixels]
+    return [Image.fromarray(p, mode="RGB") for p in pixels]
+
+
+def tensors(dataset, size: int, channels: int):
+    """The whole dataset as (images in [-1, 1], labels or None), for small sets held in memory."""
+    import torch
+
+    x = to_tensor(dataset["image"], size, channels)
+    labels = torch.tensor(dataset["label"]) if "label" in dataset.column_names else None
+    return x, labels
+
+
+def loader(dataset, size: int, channels: int, batch_size: int, seed: int = 0, shuffle: bool = True):
+    """A torch DataLoader of {'images', 'labels'} batches in [-1, 1], shuffled reproducibly."""
+    import torch
+    from torch.utils.data import DataLoader
+
+    has_labels = "label" in dataset.column_names
+
+    def collate(rows):
+        batch = {"images": to_tensor([r["image"] for r in rows], size, channels)}
+        if has_labels:
+            batch["labels"] = torch.tensor([r["label"] for r in rows])
+        return batch
+
+    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, collate_fn=collate,
+                      generator=torch.Generator().manual_seed(seed), drop_last=shuffle)

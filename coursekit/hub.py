@@ -1,0 +1,74 @@
+"""The Hugging Face Hub repos the full track uses, and the revisions they are pinned to.
+
+Pins live in `hub_revisions.json` next to this file: repo id -> 40-hex commit. They are written
+by `python -m coursekit.hub pin` on a machine that reaches the Hub (it asks the Hub for each
+repo's current commit), so the course never guesses a hash. A repo without a pin loads from
+`main` with a warning.
+"""
+from __future__ import annotations
+
+import json
+import re
+import sys
+import warnings
+from pathlib import Path
+
+PINS_FILE = Path(__file__).with_name("hub_revisions.json")
+
+MODELS = (
+    "google/ddpm-celebahq-256",
+    "google/ddpm-bedroom-256",
+    "johnowhitaker/ddpm-butterflies-32px",
+    "stable-diffusion-v1-5/stable-diffusion-v1-5",
+    "teticio/audio-diffusion-instrumental-hiphop-256",
+)
+DATASETS = (
+    "huggan/smithsonian_butterflies_subset",
+    "huggan/wikiart",
+    "ylecun/mnist",
+    "lewtun/music_genres",
+)
+_SHA = re.compile(r"^[0-9a-f]{40}$")
+
+
+def pins() -> dict[str, str]:
+    if not PINS_FILE.exists():
+        return {}
+    data = json.loads(PINS_FILE.read_text())
+    bad = {k: v for k, v in data.items() if not _SHA.match(str(v))}
+    if bad:
+        raise ValueError(f"{PINS_FILE} holds revisions that are not 40-hex commits: {bad}")
+    return data
+
+
+def revision(repo_id: str) -> str:
+    """The pinned commit for `repo_id`, or 'main' (with a warning) when none is recorded."""
+    pinned = pins().get(repo_id)
+    if pinned:
+        return pinned
+    warnings.warn(
+        f"{repo_id} has no pinned revision in {PINS_FILE.name}; loading 'main'. "
+        "Run `python -m coursekit.hub pin` on a machine with Hub access to pin it.",
+        stacklevel=2,
+    )
+    return "main"
+
+
+def pin(repos: tuple[str, ...] = MODELS + DATASETS) -> dict[str, str]:
+    """Ask the Hub for each repo's current commit and record it in hub_revisions.json."""
+    from huggingface_hub import HfApi
+
+    api = HfApi()
+    found = pins()
+    for repo in repos:
+        info = api.dataset_info(repo) if repo in DATASETS else api.model_info(repo)
+        found[repo] = info.sha
+        print(f"{repo}: {info.sha}")
+    PINS_FILE.write_text(json.dumps(found, indent=2, sort_keys=True) + "\n")
+    return found
+
+
+if __name__ == "__main__":
+    if sys.argv[1:] != ["pin"]:
+        sys.exit("usage: python -m coursekit.hub pin")
+    pin()

@@ -1,0 +1,212 @@
+"""Where the course runs: device, notebook host, Hub access, and the small/full track switch.
+
+The small track runs offline on a CPU with bundled data and zoo checkpoints; the full track
+uses the course-scale Hub models on a GPU. `Settings` holds both sets of values side by side
+and picks the active one, so a notebook's code is the same on either track.
+"""
+from __future__ import annotations
+
+import os
+import random
+import socket
+import sys
+import threading
+from dataclasses import dataclass
+
+TRACKS = ("small", "full")
+HUB_HOST = ("huggingface.co", 443)
+
+
+class TrackError(RuntimeError):
+    """The requested track cannot run here; the message says what is missing."""
+
+
+def device() -> str:
+    """'cuda', 'mps' or 'cpu', the best torch device available."""
+    import torch
+
+    if torch.cuda.is_available():
+        return "cuda"
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        return "mps"
+    return "cpu"
+
+
+def host() -> str:
+    """'colab', 'kaggle' or 'local': where the notebook kernel runs."""
+    if "google.colab" in sys.modules or os.environ.get("COLAB_RELEASE_TAG"):
+        return "colab"
+    if os.environ.get("KAGGLE_KERNEL_RUN_TYPE") or os.path.isdir("/kaggle/working"):
+        return "kaggle"
+    return "local"
+
+
+def hub_offline_flag() -> bool:
+    """True when HF_HUB_OFFLINE asks huggingface_hub never to touch the network."""
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+def hub_reachable(timeout: float = 2.0) -> bool:
+    """Whether huggingface.co answers a TCP connection within `timeout` seconds.
+
+    Honours HF_HUB_OFFLINE (no connection at all). Name lookup can hang on a broken network,
+    so the attempt runs in a daemon thread and is abandoned after `timeout`.
+    """
+    if hub_offline_flag():
+        return False
+    result: list[bool] = []
+
+    def attempt() -> None:
+        try:
+            with socket.create_connection(HUB_HOST, timeout=timeout):
+                result.append(True)
+        except OSError:
+            result.append(False)
+
+    worker = threading.Thread(target=attempt, daemon=True)
+    worker.start()
+    worker.join(timeout)
+    return bool(result and result[0])
+
+
+def is_cached(repo_id: str, repo_type: str = "model") -> bool:
+    """Whether any snapshot of `repo_id` is already in the local Hugging Face cache."""
+    from huggingface_hub import constants
+
+    folder = os.path.join(
+        constants.HF_HUB_CACHE, f"{repo_type}s--" + repo_id.replace("/", "--"), "snapshots"
+    )
+    return os.path.isdir(folder) and any(os.scandir(folder))
+
+
+def _forced() -> str | None:
+    forced = os.environ.get("COURSEKIT_TRACK", "").strip().lower()
+    if not forced:
+        return None
+    if forced not in TRACKS:
+        raise TrackError(f"COURSEKIT_TRACK={forced!r} is not a track: use 'small' or 'full', or unset it.")
+    return forced
+
+
+def missing_for_full(needs: list[tuple[str, str]] = (), *, check_hub: bool = True) -> list[str]:
+    """What stops the full track here: no GPU, or Hub repos neither cached nor reachable.
+
+    `needs` is a list of (repo_id, repo_type) pairs, repo_type 'model' or 'dataset'.
+    """
+    missing = []
+    dev = device()
+    if dev == "cpu":
+        missing.append("a GPU (torch sees no CUDA or MPS device)")
+    uncached = [(r, t) for r, t in needs if not is_cached(r, t)]
+    if uncached and not (check_hub and hub_reachable()):
+        why = "HF_HUB_OFFLINE is set" if hub_offline_flag() else "the Hub is unreachable"
+        for repo, kind in uncached:
+            missing.append(f"the {kind} {repo} (not in the Hugging Face cache and {why})")
+    return missing
+
+
+def pick_track(needs: list[tuple[str, str]] = ()) -> str:
+    """'full' when a GPU is here and every needed Hub repo is cached or reachable, else 'small'.
+
+    COURSEKIT_TRACK=small|full forces the choice; forcing 'full' where it cannot run raises
+    TrackError naming what is missing.
+    """
+    forced = _forced()
+    if forced == "small":
+        return "small"
+    missing = missing_for_full(needs)
+    if forced == "full" and missing:
+        raise TrackError(
+            "COURSEKIT_TRACK=full, but the full track needs "
+            + "; ".join(missing)
+            + ". Run on a GPU machine with network access (or run `coursekit prefetch` there first), "
+            "or unset COURSEKIT_TRACK to fall back to the small track."
+        )
+    return "small" if missing else "full"
+
+
+def _hub_needs(full_values: dict) -> list[tuple[str, str]]:
+    needs = []
+    for key, value in full_values.items():
+        if not isinstance(value, str) or "/" not in value or os.path.exists(value):
+            continue
+        if key == "model" or key.endswith("_model"):
+            needs.append((value, "model"))
+        elif key == "dataset" or key.endswith("_dataset"):
+            needs.append((value, "dataset"))
+    return needs
+
+
+@dataclass(frozen=True)
+class _Row:
+    small: object
+    full: object
+
+
+class Settings:
+    """A notebook's settings, small and full values side by side; attributes give the active ones.
+
+    >>> S = Settings(model=("digits-uncond", "johnowhitaker/ddpm-butterflies-32px"), steps=(25, 50))
+    >>> S.model, S.steps  # on the small track
+    ('digits-uncond', 25)
+
+    Values for the keys `model`/`*_model` and `dataset`/`*_dataset` that look like Hub ids decide
+    whether the full track can run. Pass `track=` to choose it explicitly.
+    """
+
+    def __init__(self, track: str | None = None, **rows: tuple):
+        for key, pair in rows.items():
+            if not (isinstance(pair, tuple) and len(pair) == 2):
+                raise TypeError(f"setting {key!r} must be a (small, full) pair, got {pair!r}")
+        self._rows = {k: _Row(*v) for k, v in rows.items()}
+        if track is None:
+            track = pick_track(_hub_needs({k: r.full for k, r in self._rows.items()}))
+        elif track not in TRACKS:
+            raise TrackError(f"track={track!r} is not a track: use 'small' or 'full'.")
+        elif track == "full":
+            missing = missing_for_full(_hub_needs({k: r.full for k, r in self._rows.items()}))
+            if missing:
+                raise TrackError("the full track needs " + "; ".join(missing) + ".")
+        self.track = track
+        self.device = device() if track == "full" else "cpu"
+
+    def __getattr__(self, key: str):
+        rows = self.__dict__.get("_rows", {})
+        if key not in rows:
+            raise AttributeError(f"no setting {key!r}; known: {', '.join(rows)}")
+        return getattr(rows[key], self.__dict__["track"])
+
+    def as_dict(self) -> dict:
+        return {k: getattr(r, self.track) for k, r in self._rows.items()}
+
+    def table(self) -> str:
+        """The settings as a text table, the active column marked with '*'."""
+        head = ["setting", "small" + (" *" if self.track == "small" else ""),
+                "full" + (" *" if self.track == "full" else "")]
+        body = [[k, str(r.small), str(r.full)] for k, r in self._rows.items()]
+        widths = [max(len(row[i]) for row in [head] + body) for i in range(3)]
+        lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in [head] + body]
+        lines.insert(1, "  ".join("-" * w for w in widths))
+        return "\n".join(lines)
+
+    def __repr__(self) -> str:
+        return f"track: {self.track} (device: {self.device}, host: {host()})\n{self.table()}"
+
+
+def seed_everything(seed: int = 0) -> "torch.Generator":
+    """Seed Python, NumPy and torch and ask torch for deterministic kernels.
+
+    Returns a CPU torch.Generator seeded with `seed`, to pass to samplers and data loaders.
+    On CPU, the same seed then gives bit-identical results run after run.
+    """
+    import numpy as np
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    if torch.cuda.is_available():
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    return torch.Generator().manual_seed(seed)

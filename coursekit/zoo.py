@@ -1,0 +1,248 @@
+"""Small pretrained checkpoints that coursekit trains itself, and one loader for every model.
+
+Each zoo checkpoint is a diffusers-format folder (`unet/` with config and safetensors,
+`scheduler/`, and a model card `README.md`) shipped inside the package, so `pip install`
+alone gives a working small track. Every checkpoint is retrained from its recipe with
+
+    python -m coursekit.zoo train digits-cond
+
+`load()` takes a zoo name, a Hub id (pinned revision) or a local folder, and returns the UNet
+and its scheduler through one code path.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+ZOO_DIR = Path(__file__).with_name("checkpoints")
+
+
+class ZooError(ValueError):
+    """A model name or folder coursekit cannot load; the message says why and what to do."""
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Everything needed to retrain a zoo checkpoint from scratch."""
+
+    description: str
+    dataset: str
+    size: int
+    channels: int
+    unet: dict
+    steps: int
+    batch_size: int = 128
+    lr: float = 2e-3
+    warmup: int = 100
+    ema_decay: float | None = 0.995
+    p_uncond: float = 0.0
+    beta_schedule: str = "squaredcos_cap_v2"
+    seed: int = 0
+    eval_steps: int = 25
+    eval_guidance: float = 1.0
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def conditional(self) -> bool:
+        return self.unet.get("num_class_embeds") is not None
+
+
+_DIGITS_UNET = dict(
+    layers_per_block=1, block_out_channels=(32, 64, 64), norm_num_groups=8,
+    down_block_types=("DownBlock2D", "DownBlock2D", "DownBlock2D"),
+    up_block_types=("UpBlock2D", "UpBlock2D", "UpBlock2D"),
+)
+
+RECIPES = {
+    "digits-uncond": Recipe(
+        description="Unconditional 16x16 digits (scikit-learn's 8x8 digits, upscaled).",
+        dataset="digits", size=16, channels=1, unet=_DIGITS_UNET, steps=1200,
+    ),
+    "digits-cond": Recipe(
+        description="Class-conditional 16x16 digits with classifier-free guidance "
+                    "(class embedding added to the timestep embedding; label 10 means 'no class').",
+        dataset="digits", size=16, channels=1, unet={**_DIGITS_UNET, "num_class_embeds": 11},
+        steps=1500, p_uncond=0.15, eval_guidance=3.0,
+    ),
+}
+
+
+def names() -> list[str]:
+    return sorted(RECIPES)
+
+
+def build(recipe: Recipe):
+    """A freshly initialised UNet2DModel and DDPMScheduler for `recipe`."""
+    import torch
+    from diffusers import DDPMScheduler, UNet2DModel
+
+    torch.manual_seed(recipe.seed)
+    unet = UNet2DModel(sample_size=recipe.size, in_channels=recipe.channels,
+                       out_channels=recipe.channels, **recipe.unet)
+    scheduler = DDPMScheduler(num_train_timesteps=1000, beta_schedule=recipe.beta_schedule)
+    return unet, scheduler
+
+
+def _resolve(name: str | os.PathLike) -> Path:
+    if str(name) in RECIPES:
+        folder = ZOO_DIR / str(name)
+        if not (folder / "unet").is_dir():
+            raise ZooError(f"zoo checkpoint {name!r} is missing from {ZOO_DIR}; "
+                           f"retrain it with `python -m coursekit.zoo train {name}`")
+        return folder
+    if os.path.isdir(name):
+        return Path(name)
+    name = str(name)
+    if name.count("/") == 1 and not name.startswith((".", "/")):
+        from huggingface_hub import snapshot_download
+
+        from . import hub, tracks
+
+        if not tracks.is_cached(name) and not tracks.hub_reachable():
+            why = "HF_HUB_OFFLINE is set" if tracks.hub_offline_flag() else "the Hub is unreachable"
+            raise ZooError(f"{name} is not in the Hugging Face cache and {why}; use a zoo model "
+                           f"({', '.join(names())}) or fetch it first on a machine with network access")
+        return Path(snapshot_download(name, revision=hub.revision(name),
+                                      allow_patterns=["*.json", "*.safetensors", "unet/*", "scheduler/*"],
+                                      ignore_patterns=["*.bin", "*.ckpt", "*.pt", "*.msgpack", "*.onnx"]))
+    raise ZooError(f"unknown model {name!r}: not a zoo name ({', '.join(names())}), "
+                   "not a folder, and not a Hub id of the form 'org/name'")
+
+
+def load(name: str | os.PathLike, device: str = "cpu"):
+    """(unet, scheduler) from a zoo name, a Hub id (at its pinned revision) or a local folder.
+
+    The folder may hold `unet/` and `scheduler/` subfolders (pipeline layout) or the UNet's
+    config and weights at its top level (single-model layout). Only safetensors weights load.
+    """
+    import diffusers
+
+    folder = _resolve(name)
+    unet_dir = folder / "unet" if (folder / "unet" / "config.json").exists() else folder
+    sched_dir = folder / "scheduler" if (folder / "scheduler").is_dir() else folder
+    if not (unet_dir / "config.json").exists():
+        raise ZooError(f"{folder} has no UNet config (looked for unet/config.json and config.json)")
+    if not any(unet_dir.glob("*.safetensors")):
+        raise ZooError(f"{unet_dir} has no .safetensors weights; coursekit does not unpickle "
+                       "weights it did not write (convert them with safetensors first)")
+    config = json.loads((unet_dir / "config.json").read_text())
+    unet_cls = getattr(diffusers, config.get("_class_name", "UNet2DModel"))
+    unet = unet_cls.from_pretrained(unet_dir, use_safetensors=True).to(device).eval()
+    sched_file = sched_dir / "scheduler_config.json"
+    if not sched_file.exists():
+        raise ZooError(f"{folder} has no scheduler_config.json (looked in scheduler/ and the top level)")
+    sched_cls = getattr(diffusers, json.loads(sched_file.read_text()).get("_class_name", "DDPMScheduler"))
+    scheduler = sched_cls.from_pretrained(sched_dir)
+    return unet, scheduler
+
+
+def evaluate(unet, scheduler, recipe: Recipe, per_class: int = 50, seed: int = 1) -> dict:
+    """Measured quality with the independent digit classifier (coursekit.metrics)."""
+    import torch
+
+    from . import metrics, samplers
+
+    judge = metrics.digit_judge(recipe.size)
+    g = torch.Generator().manual_seed(seed)
+    n = per_class * 10
+    labels = torch.arange(10).repeat_interleave(per_class) if recipe.conditional else None
+    x = samplers.ddim(unet, scheduler, samplers.noise(unet, n, g), steps=recipe.eval_steps,
+                      labels=labels, guidance_scale=recipe.eval_guidance, generator=g, progress=False)
+    out = {"samples": n, "sampler": f"DDIM, {recipe.eval_steps} steps, eta 0",
+           "judge_held_out_accuracy": round(judge.held_out_accuracy, 4),
+           "fid_pca20": round(judge.fid(x), 3), "digit_confidence": round(judge.confidence(x), 4)}
+    if recipe.conditional:
+        out["guidance_scale"] = recipe.eval_guidance
+        out["conditional_accuracy"] = round(judge.accuracy(x, labels), 4)
+    return out
+
+
+def _card(name: str, recipe: Recipe, n_params: int, seconds: float, steps: int, quality: dict) -> str:
+    rows = "\n".join(f"| {k} | {v} |" for k, v in quality.items())
+    return f"""---
+library_name: diffusers
+tags: [coursekit, diffusion, small-track]
+---
+# {name}
+
+{recipe.description}
+
+- **Data**: `coursekit.data.load({recipe.dataset!r})`, {recipe.size}x{recipe.size}, {recipe.channels} channel(s), values in [-1, 1].
+- **Model**: diffusers `UNet2DModel`, {n_params:,} parameters; `DDPMScheduler` with the `{recipe.beta_schedule}` schedule, 1000 training steps.
+- **Recipe**: {steps} optimizer steps, batch {recipe.batch_size}, AdamW lr {recipe.lr} (cosine, {recipe.warmup} warm-up steps), EMA {recipe.ema_decay}, label dropout {recipe.p_uncond}, seed {recipe.seed}. Full recipe: `coursekit.zoo.RECIPES[{name!r}]`.
+- **Training time**: {seconds / 60:.1f} minutes on {platform.machine()} CPU, one torch thread.
+- **Reproduce**: `python -m coursekit.zoo train {name}`
+
+## Measured quality
+Judged by `coursekit.metrics.digit_judge()`, a classifier fit on real digits only.
+
+| measure | value |
+| --- | --- |
+{rows}
+"""
+
+
+def train(name: str, out: str | os.PathLike | None = None, steps: int | None = None,
+          threads: int | None = None, evaluate_after: bool = True, progress: bool = True) -> Path:
+    """Retrain zoo checkpoint `name` from its recipe into `out` (default: the package's zoo folder)."""
+    import torch
+
+    from . import data, train as training
+
+    if name not in RECIPES:
+        raise ZooError(f"no recipe named {name!r}; known: {', '.join(names())}")
+    if threads:
+        torch.set_num_threads(threads)
+    recipe = RECIPES[name]
+    out = Path(out) if out else ZOO_DIR / name
+    steps = steps or recipe.steps
+    unet, scheduler = build(recipe)
+    images, labels = data.tensors(data.load(recipe.dataset), recipe.size, recipe.channels)
+    work = out.with_name(out.name + ".work")
+    result = training.train(unet, scheduler, images, labels if recipe.conditional else None,
+                            steps=steps, batch_size=recipe.batch_size, lr=recipe.lr,
+                            warmup=min(recipe.warmup, steps // 2), ema_decay=recipe.ema_decay,
+                            p_uncond=recipe.p_uncond, seed=recipe.seed, out_dir=work,
+                            progress=progress)
+    model = result.best
+    quality = evaluate(model, scheduler, recipe) if evaluate_after else {}
+    model.save_pretrained(out / "unet")
+    scheduler.save_pretrained(out / "scheduler")
+    n_params = sum(p.numel() for p in model.parameters())
+    (out / "README.md").write_text(_card(name, recipe, n_params, result.seconds, steps, quality))
+    (out / "recipe.json").write_text(json.dumps({"name": name, "steps": steps, **asdict(recipe),
+                                                 "quality": quality, "train_seconds": round(result.seconds, 1)},
+                                                indent=2) + "\n")
+    import shutil
+
+    shutil.rmtree(work, ignore_errors=True)
+    return out
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m coursekit.zoo", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    t = sub.add_parser("train", help="retrain a zoo checkpoint from its recipe")
+    t.add_argument("name", choices=names())
+    t.add_argument("--out", help="output folder (default: the package's own zoo folder)")
+    t.add_argument("--steps", type=int, help="override the recipe's step count (for quick checks)")
+    t.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    t.add_argument("--no-eval", action="store_true", help="skip the quality evaluation")
+    sub.add_parser("list", help="list the zoo's checkpoints")
+    args = parser.parse_args(argv)
+    if args.command == "list":
+        for n in names():
+            print(f"{n}: {RECIPES[n].description}")
+        return
+    began = time.perf_counter()
+    path = train(args.name, args.out, args.steps, args.threads, evaluate_after=not args.no_eval)
+    print(f"wrote {path} in {time.perf_counter() - began:.0f} s")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,104 @@
+import pytest
+import torch
+from PIL import Image
+
+from coursekit import data
+
+
+def test_digits_have_images_and_labels():
+    ds = data.load("digits")
+    assert ds.column_names == ["image", "label"]
+    assert len(ds) == 1797
+    assert ds.features["label"].names == [str(i) for i in range(10)]
+    im = ds[0]["image"]
+    assert im.size == (8, 8) and im.mode == "L"
+    assert sorted(set(ds["label"])) == list(range(10))
+
+
+def test_photo_crops_are_a_colour_set_with_the_same_columns():
+    ds = data.load("photo-crops")
+    assert ds.column_names == ["image", "label"]
+    assert len(ds) > 200
+    assert ds[0]["image"].mode == "RGB" and ds[0]["image"].size == (32, 32)
+    assert ds.features["label"].names == ["china", "flower", "grace_hopper"]
+
+
+def test_to_tensor_scales_to_minus_one_one_and_back():
+    ds = data.load("digits")
+    x = data.to_tensor(ds[:4]["image"], 16, 1)
+    assert x.shape == (4, 1, 16, 16) and x.dtype == torch.float32
+    assert x.min() >= -1 and x.max() <= 1
+    rgb = data.to_tensor(ds[0]["image"], 16, 3)
+    assert rgb.shape == (1, 3, 16, 16)
+    back = data.to_pil(data.to_tensor(ds[0]["image"], 8, 1))[0]
+    assert back.tobytes() == ds[0]["image"].tobytes()
+
+
+def test_to_pil_handles_rgb_and_single_images():
+    x = torch.linspace(-1, 1, 3 * 4 * 4).reshape(3, 4, 4)
+    im = data.to_pil(x)[0]
+    assert im.mode == "RGB" and im.size == (4, 4)
+    assert im.getpixel((0, 0)) == (0, 87, 174)  # channels start at -1, -1 + 32/47, -1 + 64/47
+
+
+@pytest.mark.parametrize("bad, message", [
+    (torch.rand(2, 1, 8, 8) * 255, r"0\.\.255 pixels use x / 127.5 - 1"),
+    (torch.zeros(2, 2, 8, 8), r"shape \(N, 1 or 3, H, W\)"),
+    (torch.zeros(8, 8), r"shape"),
+    (torch.zeros(1, 1, 8, 8, dtype=torch.uint8), "float tensor"),
+    ([[0.0]], "torch tensor"),
+])
+def test_to_pil_refuses_bad_input_clearly(bad, message):
+    with pytest.raises(data.DataError, match=message):
+        data.to_pil(bad)
+
+
+def test_to_tensor_refuses_bad_channels_and_non_images():
+    with pytest.raises(data.DataError, match="channels must be 1"):
+        data.to_tensor(Image.new("L", (8, 8)), 8, 2)
+    with pytest.raises(data.DataError, match="PIL images"):
+        data.to_tensor([torch.zeros(8, 8)], 8, 1)
+
+
+def test_unknown_dataset_lists_the_known_ones():
+    with pytest.raises(data.DataError, match=r"unknown dataset 'cifar'.*digits.*photo-crops.*mnist"):
+        data.load("cifar")
+
+
+def test_full_track_dataset_offline_suggests_the_small_equivalent():
+    with pytest.raises(data.DataError, match=r"ylecun/mnist .*HF_HUB_OFFLINE.*data.load\('digits'\)"):
+        data.load("mnist")
+    with pytest.raises(data.DataError, match=r"photo-crops"):
+        data.load("huggan/smithsonian_butterflies_subset")
+
+
+def test_full_track_dataset_goes_to_load_dataset_with_pinned_revision(monkeypatch):
+    """The full-track path, with the Hub replaced by a local dataset of the same columns."""
+    import datasets
+
+    from coursekit import hub, tracks
+
+    calls = {}
+    wikiart = datasets.Dataset.from_dict(
+        {"image": [Image.new("RGB", (4, 4))] * 2, "artist": [0, 1], "genre": [1, 1], "style": [3, 4]},
+        features=datasets.Features({"image": datasets.Image(), "artist": datasets.Value("int64"),
+                                    "genre": datasets.Value("int64"), "style": datasets.Value("int64")}))
+
+    def fake_load_dataset(repo, revision=None, split=None):
+        calls.update(repo=repo, revision=revision, split=split)
+        return wikiart
+
+    monkeypatch.setattr(tracks, "is_cached", lambda repo, kind="model": True)
+    monkeypatch.setattr(hub, "pins", lambda: {"huggan/wikiart": "b" * 40})
+    monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
+    ds = data.load("wikiart")
+    assert calls == {"repo": "huggan/wikiart", "revision": "b" * 40, "split": "train"}
+    assert ds.column_names == ["image", "label"] and ds["label"] == [3, 4]
+
+
+def test_loader_gives_reproducible_shuffled_batches():
+    ds = data.load("digits")
+    a = next(iter(data.loader(ds, 16, 1, 8, seed=3)))
+    b = next(iter(data.loader(ds, 16, 1, 8, seed=3)))
+    assert a["images"].shape == (8, 1, 16, 16) and a["labels"].shape == (8,)
+    assert torch.equal(a["images"], b["images"]) and torch.equal(a["labels"], b["labels"])

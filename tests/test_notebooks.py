@@ -1,0 +1,96 @@
+"""The notebooks' own code, checked outside the notebooks: loops agree with coursekit, and the
+notebooks follow the course's conventions (budget, first cell, no stray outputs)."""
+from pathlib import Path
+
+import nbformat
+import pytest
+import torch
+import torch.nn.functional as F
+
+from coursekit import samplers, train
+from tests.helpers import tiny_scheduler, tiny_unet
+
+ROOT = Path(__file__).parent.parent
+NOTEBOOKS = sorted(p for p in (ROOT / "units").rglob("*.ipynb") if ".ipynb_checkpoints" not in p.parts)
+UNIT1 = ROOT / "units" / "unit1" / "01_ddpm_and_ddim.ipynb"
+
+
+def tagged(path, *tags) -> dict:
+    """Run the notebook cells tagged `tags`, in order, and return the names they define."""
+    nb = nbformat.read(path, as_version=4)
+    names = {"torch": torch, "F": F}
+    for tag in tags:
+        cells = [c for c in nb.cells if tag in c.metadata.get("tags", [])]
+        assert len(cells) == 1, f"{path.name} should have exactly one cell tagged {tag!r}"
+        exec(compile(cells[0].source, f"{path.name}[{tag}]", "exec"), names)
+    return names
+
+
+def test_there_are_notebooks():
+    assert UNIT1 in NOTEBOOKS
+
+
+def test_notebook_add_noise_is_the_forward_process():
+    add_noise = tagged(UNIT1, "teach-add-noise")["add_noise"]
+    s = tiny_scheduler("linear")
+    g = torch.Generator().manual_seed(0)
+    x0, eps, t = torch.randn(3, 1, 8, 8, generator=g), torch.randn(3, 1, 8, 8, generator=g), torch.tensor([1, 400, 999])
+    torch.testing.assert_close(add_noise(x0, eps, t, s.alphas_cumprod), s.add_noise(x0, eps, t))
+
+
+@pytest.mark.parametrize("eta", [0.0, 1.0])
+def test_notebook_ddim_loop_equals_coursekit(eta):
+    ddim_loop = tagged(UNIT1, "teach-ddim-loop")["ddim_loop"]
+    unet, sched = tiny_unet(), tiny_scheduler()
+    ddim = samplers.scheduler_named("ddim", sched)
+    ddim.set_timesteps(10)
+    noise = torch.randn(3, 1, 8, 8, generator=torch.Generator().manual_seed(1))
+    by_hand = ddim_loop(unet, noise, sched.alphas_cumprod, ddim.timesteps, eta=eta, generator=torch.Generator().manual_seed(2))
+    by_kit = samplers.ddim(unet, sched, noise, steps=10, eta=eta, generator=torch.Generator().manual_seed(2), progress=False)
+    torch.testing.assert_close(by_hand, by_kit, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("steps", [20, 1000])
+def test_notebook_ddpm_loop_equals_coursekit(steps):
+    ddpm_loop = tagged(UNIT1, "teach-ddpm-loop")["ddpm_loop"]
+    unet, sched = tiny_unet(), tiny_scheduler()
+    ddpm = samplers.scheduler_named("ddpm", sched)
+    ddpm.set_timesteps(steps)
+    noise = torch.randn(2, 1, 8, 8, generator=torch.Generator().manual_seed(3))
+    by_hand = ddpm_loop(unet, noise, sched.alphas_cumprod, ddpm.timesteps, generator=torch.Generator().manual_seed(4))
+    by_kit = samplers.ddpm(unet, sched, noise, steps=steps, generator=torch.Generator().manual_seed(4), progress=False)
+    torch.testing.assert_close(by_hand, by_kit, atol=1e-4, rtol=1e-4)
+
+
+def test_notebook_training_step_is_coursekits_objective():
+    training_step = tagged(UNIT1, "teach-add-noise", "teach-train-step")["training_step"]
+    sched = tiny_scheduler()
+    x0 = torch.rand(4, 1, 8, 8, generator=torch.Generator().manual_seed(5)) * 2 - 1
+    a, b = tiny_unet(), tiny_unet()
+    opt = torch.optim.SGD(a.parameters(), lr=0.0)
+    loss_nb = training_step(a, sched, x0, opt, torch.Generator().manual_seed(6))
+    x_t, t, eps = train.noisy_batch(sched, x0, torch.Generator().manual_seed(6))
+    loss_kit = F.mse_loss(b(x_t, t).sample, eps).item()
+    assert loss_nb == pytest.approx(loss_kit, rel=1e-6)
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_notebook_conventions(path):
+    from conftest import notebook_budget_minutes
+
+    nb = nbformat.read(path, as_version=4)
+    assert notebook_budget_minutes(path) is not None, "state 'Time budget (small track): N minutes' at the top"
+    first_code = next(c for c in nb.cells if c.cell_type == "code")
+    assert 'find_spec("coursekit") is None' in first_code.source, "first code cell installs coursekit when missing"
+    assert "torch" not in first_code.source.replace("coursekit", ""), "the install cell must not install torch"
+    for cell in nb.cells:
+        if cell.cell_type != "code":
+            continue
+        checked = "NBVAL_CHECK_OUTPUT" in cell.source
+        if checked:
+            assert cell.outputs and cell.execution_count, "a checked cell keeps its outputs and execution count"
+        else:
+            assert not cell.outputs, "commit notebooks without outputs, except NBVAL_CHECK_OUTPUT cells"
+    assert any("NBVAL_CHECK_OUTPUT" in c.source for c in nb.cells if c.cell_type == "code")
+    settings = [c for c in nb.cells if c.cell_type == "code" and "tracks.Settings(" in c.source]
+    assert len(settings) == 1, "one visible settings cell"

@@ -1,0 +1,149 @@
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from coursekit import tracks
+
+
+def test_settings_hold_both_tracks_and_print_a_table(monkeypatch):
+    monkeypatch.setenv("COURSEKIT_TRACK", "small")
+    S = tracks.Settings(model=("digits-uncond", "org/big-model"), steps=(25, 50))
+    assert (S.track, S.model, S.steps) == ("small", "digits-uncond", 25)
+    assert S.as_dict() == {"model": "digits-uncond", "steps": 25}
+    table = S.table().splitlines()
+    assert table[0].split() == ["setting", "small", "*", "full"]
+    assert table[2].split() == ["model", "digits-uncond", "org/big-model"]
+    assert "track: small" in repr(S)
+    with pytest.raises(AttributeError, match="known: model, steps"):
+        S.batch
+    with pytest.raises(TypeError, match="pair"):
+        tracks.Settings(steps=25)
+
+
+def test_auto_track_is_small_without_gpu(monkeypatch):
+    monkeypatch.delenv("COURSEKIT_TRACK", raising=False)
+    monkeypatch.setattr(tracks, "device", lambda: "cpu")
+    assert tracks.pick_track([("org/model", "model")]) == "small"
+
+
+def test_auto_track_is_full_with_gpu_and_cached_weights(monkeypatch):
+    monkeypatch.delenv("COURSEKIT_TRACK", raising=False)
+    monkeypatch.setattr(tracks, "device", lambda: "cuda")
+    monkeypatch.setattr(tracks, "is_cached", lambda repo, kind="model": True)
+    assert tracks.pick_track([("org/model", "model")]) == "full"
+    monkeypatch.setattr(tracks, "is_cached", lambda repo, kind="model": False)
+    assert tracks.pick_track([("org/model", "model")]) == "small"  # offline in tests, not cached
+
+
+def test_forcing_full_without_gpu_fails_at_once_naming_the_gpu(monkeypatch):
+    monkeypatch.setenv("COURSEKIT_TRACK", "full")
+    monkeypatch.setattr(tracks, "device", lambda: "cpu")
+    with pytest.raises(tracks.TrackError, match="a GPU"):
+        tracks.pick_track([])
+    with pytest.raises(tracks.TrackError, match="a GPU"):
+        tracks.Settings(model=("digits-uncond", "org/model"))
+
+
+def test_forcing_full_without_weights_names_the_missing_repo(monkeypatch):
+    monkeypatch.setenv("COURSEKIT_TRACK", "full")
+    monkeypatch.setattr(tracks, "device", lambda: "cuda")
+    with pytest.raises(tracks.TrackError, match=r"org/model .*HF_HUB_OFFLINE"):
+        tracks.pick_track([("org/model", "model")])
+
+
+def test_forcing_an_unknown_track_is_refused(monkeypatch):
+    monkeypatch.setenv("COURSEKIT_TRACK", "medium")
+    with pytest.raises(tracks.TrackError, match="'small' or 'full'"):
+        tracks.pick_track()
+
+
+def test_hub_check_honours_offline_flag_without_touching_the_network(monkeypatch):
+    calls = []
+    monkeypatch.setattr(socket, "create_connection", lambda *a, **k: calls.append(a))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert tracks.hub_reachable() is False
+    assert calls == []
+
+
+def test_hub_check_gives_up_within_its_timeout(monkeypatch):
+    import time
+
+    def hang(*args, **kwargs):
+        time.sleep(3)
+        raise OSError("timed out")
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.setattr(socket, "create_connection", hang)
+    began = time.perf_counter()
+    assert tracks.hub_reachable(timeout=0.5) is False
+    assert time.perf_counter() - began < 2
+
+
+def test_hub_check_reports_a_reachable_hub(monkeypatch):
+    class Conn:
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.setattr(socket, "create_connection", lambda *a, **k: Conn())
+    assert tracks.hub_reachable() is True
+
+
+def test_is_cached_reads_the_hub_cache_layout(monkeypatch, tmp_path):
+    from huggingface_hub import constants
+
+    from tests.helpers import fake_hub_snapshot
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
+    assert not tracks.is_cached("org/model")
+    fake_hub_snapshot(tmp_path, "org/model", "a" * 40)
+    assert tracks.is_cached("org/model")
+    assert not tracks.is_cached("org/model", "dataset")
+
+
+@pytest.mark.parametrize("env, expected", [({"COLAB_RELEASE_TAG": "x"}, "colab"),
+                                           ({"KAGGLE_KERNEL_RUN_TYPE": "Interactive"}, "kaggle"), ({}, "local")])
+def test_host_detection(monkeypatch, env, expected):
+    for key in ("COLAB_RELEASE_TAG", "KAGGLE_KERNEL_RUN_TYPE"):
+        monkeypatch.delenv(key, raising=False)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    if expected == "local" and os.path.isdir("/kaggle/working"):
+        pytest.skip("this machine looks like Kaggle")
+    assert tracks.host() == expected
+
+
+def test_device_is_a_known_kind():
+    assert tracks.device() in {"cuda", "mps", "cpu"}
+
+
+SEEDED = """
+import torch, hashlib
+from coursekit import tracks, samplers
+from tests.helpers import tiny_unet, tiny_scheduler
+g = tracks.seed_everything(123)
+w = torch.randn(1000)
+unet = tiny_unet()
+x = samplers.ddim(unet, tiny_scheduler(), samplers.noise(unet, 4, g), steps=5, eta=1.0, generator=g, progress=False)
+print(hashlib.sha256(w.numpy().tobytes() + x.numpy().tobytes()).hexdigest())
+"""
+
+
+def test_seeding_is_bit_reproducible_across_processes():
+    root = os.path.dirname(os.path.dirname(__file__))
+    runs = [subprocess.run([sys.executable, "-c", SEEDED], capture_output=True, text=True, cwd=root, check=True).stdout
+            for _ in range(2)]
+    assert runs[0] == runs[1] and len(runs[0].strip()) == 64
+
+
+def test_seed_everything_returns_a_seeded_generator():
+    a = tracks.seed_everything(5)
+    b = torch.Generator().manual_seed(5)
+    assert torch.equal(torch.randn(3, generator=a), torch.randn(3, generator=b))

@@ -1,0 +1,116 @@
+import json
+
+import pytest
+import torch
+
+from coursekit import hub, samplers, zoo
+from tests.helpers import fake_hub_snapshot, save_flat_layout, save_pipeline_layout, tiny_scheduler, tiny_unet
+
+
+def same_weights(a, b):
+    return all(torch.equal(p, q) for p, q in zip(a.state_dict().values(), b.state_dict().values()))
+
+
+@pytest.mark.parametrize("name", zoo.names())
+def test_every_zoo_checkpoint_ships_with_a_model_card(name):
+    unet, scheduler = zoo.load(name)
+    folder = zoo.ZOO_DIR / name
+    card = (folder / "README.md").read_text()
+    recipe = json.loads((folder / "recipe.json").read_text())
+    assert f"python -m coursekit.zoo train {name}" in card
+    assert "## Measured quality" in card and "judge_held_out_accuracy" in card
+    assert recipe["quality"]["fid_pca20"] >= 0
+    assert unet.config.sample_size == zoo.RECIPES[name].size
+    assert list(folder.glob("unet/*.safetensors"))
+
+
+def test_shipped_conditional_model_draws_the_digit_asked_for():
+    """A quick re-measurement of the model card's figure (the benchmark measures it on more samples)."""
+    from coursekit import metrics
+
+    unet, scheduler = zoo.load("digits-cond")
+    judge = metrics.digit_judge(16)
+    assert judge.held_out_accuracy > 0.95
+    g = torch.Generator().manual_seed(2)
+    labels = torch.arange(10).repeat(6)
+    x = samplers.ddim(unet, scheduler, samplers.noise(unet, len(labels), g), steps=25, labels=labels,
+                      guidance_scale=zoo.RECIPES["digits-cond"].eval_guidance, progress=False)
+    assert judge.accuracy(x, labels) >= 0.9
+
+
+@pytest.mark.parametrize("name", zoo.names())
+def test_every_recipe_trains_for_a_few_steps(name, tmp_path):
+    out = zoo.train(name, tmp_path / name, steps=3, evaluate_after=False, progress=False)
+    unet, scheduler = zoo.load(out)
+    public = lambda config: {k: v for k, v in config.items() if not k.startswith("_")}
+    assert public(unet.config) == public(zoo.build(zoo.RECIPES[name])[0].config)
+    assert "3 optimizer steps" in (out / "README.md").read_text()
+    assert not (tmp_path / f"{name}.work").exists()
+
+
+def test_zoo_command_line_trains(tmp_path):
+    zoo.main(["train", "digits-uncond", "--steps", "2", "--no-eval", "--out", str(tmp_path / "m")])
+    assert (tmp_path / "m" / "unet" / "config.json").exists()
+
+
+@pytest.mark.parametrize("layout", [save_pipeline_layout, save_flat_layout])
+def test_load_reads_local_folders_in_both_layouts(layout, tmp_path):
+    unet, sched = tiny_unet(classes=2), tiny_scheduler()
+    folder = layout(tmp_path / "m", unet, sched)
+    got, got_sched = zoo.load(folder)
+    assert same_weights(got, unet)
+    assert type(got_sched).__name__ == "DDPMScheduler" and got_sched.config.beta_schedule == "squaredcos_cap_v2"
+
+
+def test_load_takes_a_hub_id_at_its_pinned_revision(monkeypatch, tmp_path):
+    """The Hub path, through huggingface_hub's own cache lookup, on a tiny model saved as a snapshot."""
+    from huggingface_hub import constants
+
+    sha = "c" * 40
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
+    monkeypatch.setattr(hub, "pins", lambda: {"tiny-org/tiny-ddpm": sha})
+    unet, sched = tiny_unet(), tiny_scheduler()
+    save_pipeline_layout(fake_hub_snapshot(tmp_path, "tiny-org/tiny-ddpm", sha), unet, sched)
+    got, _ = zoo.load("tiny-org/tiny-ddpm")
+    assert same_weights(got, unet)
+
+
+def test_hub_id_offline_and_not_cached_says_so(monkeypatch, tmp_path):
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
+    with pytest.raises(zoo.ZooError, match=r"google/ddpm-celebahq-256 is not in the Hugging Face cache and HF_HUB_OFFLINE"):
+        zoo.load("google/ddpm-celebahq-256")
+
+
+def test_unknown_model_names_list_the_zoo():
+    with pytest.raises(zoo.ZooError, match=r"unknown model 'digits-xl'.*digits-cond, digits-uncond"):
+        zoo.load("digits-xl")
+    with pytest.raises(zoo.ZooError, match="no recipe named"):
+        zoo.train("digits-xl")
+
+
+def test_pickled_weights_are_refused(tmp_path):
+    unet = tiny_unet()
+    unet.save_pretrained(tmp_path / "m", safe_serialization=False)
+    tiny_scheduler().save_pretrained(tmp_path / "m")
+    with pytest.raises(zoo.ZooError, match="does not unpickle"):
+        zoo.load(tmp_path / "m")
+
+
+def test_folder_without_scheduler_is_refused(tmp_path):
+    tiny_unet().save_pretrained(tmp_path / "m")
+    with pytest.raises(zoo.ZooError, match="scheduler_config.json"):
+        zoo.load(tmp_path / "m")
+
+
+def test_hub_pins_must_be_commits(monkeypatch, tmp_path):
+    f = tmp_path / "pins.json"
+    f.write_text(json.dumps({"org/m": "main"}))
+    monkeypatch.setattr(hub, "PINS_FILE", f)
+    with pytest.raises(ValueError, match="40-hex"):
+        hub.revision("org/m")
+    f.write_text(json.dumps({"org/m": "d" * 40}))
+    assert hub.revision("org/m") == "d" * 40
+    with pytest.warns(UserWarning, match="no pinned revision"):
+        assert hub.revision("org/other") == "main"

@@ -128,7 +128,7 @@ def train(unet, scheduler, images: torch.Tensor, labels: torch.Tensor | None = N
         accelerator.print(f"resuming from {ckpt} at step {start}")
 
     model, optimizer = accelerator.prepare(unet, optimizer)
-    rank, world = accelerator.process_index, accelerator.num_processes
+    rank, world, device = accelerator.process_index, accelerator.num_processes, accelerator.device
     began = time.perf_counter()
     bar = tqdm(range(start, steps), initial=start, total=steps, desc="training",
                disable=not (progress and accelerator.is_main_process))
@@ -138,16 +138,15 @@ def train(unet, scheduler, images: torch.Tensor, labels: torch.Tensor | None = N
         for micro in range(grad_accum):
             g = step_generator(seed, step * grad_accum + micro)
             idx = batch_indices(len(images), batch_size, step * grad_accum + micro, seed, rank, world)
-            x0 = images[idx].to(accelerator.device)
             x_t, t, eps = noisy_batch(scheduler, images[idx], g)
             y = None
             if labels is not None:
                 y = labels[idx].clone()
                 y[torch.rand(len(y), generator=g) < p_uncond] = null
-                y = y.to(accelerator.device)
+                y = y.to(device)
             with accelerator.accumulate(model):
-                pred = model(x_t.to(x0.device), t.to(x0.device), class_labels=y).sample
-                loss = F.mse_loss(pred, eps.to(x0.device))
+                pred = model(x_t.to(device), t.to(device), class_labels=y).sample
+                loss = F.mse_loss(pred, eps.to(device))
                 accelerator.backward(loss)
                 if accelerator.sync_gradients:
                     accelerator.clip_grad_norm_(model.parameters(), 1.0)

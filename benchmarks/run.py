@@ -1,0 +1,156 @@
+"""`make bench`: the course's speed and quality figures, each measured side by side in one run.
+
+Prints a table and writes build/bench.json as {figure: {value, target, unit, met, ...}}.
+Timings interleave the two contenders (A, B, A, B, ...) and compare medians, because this
+machine is noisy; ratios, not absolute seconds, are the figures.
+"""
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from coursekit import samplers, zoo  # noqa: E402
+
+
+def interleaved(a, b, repeats: int = 5):
+    """Median seconds of a() and b(), run alternately after one warm-up each."""
+    a(), b()
+    ta, tb = [], []
+    for _ in range(repeats):
+        for f, out in ((a, ta), (b, tb)):
+            began = time.perf_counter()
+            f()
+            out.append(time.perf_counter() - began)
+    return statistics.median(ta), statistics.median(tb)
+
+
+def ddim_vs_diffusers(steps: int = 25, batch: int = 64) -> dict:
+    from diffusers import DDIMPipeline, DDIMScheduler
+
+    unet, scheduler = zoo.load("digits-uncond")
+    pipe = DDIMPipeline(unet=unet, scheduler=DDIMScheduler.from_config(scheduler.config))
+    pipe.set_progress_bar_config(disable=True)
+
+    def ours():
+        g = torch.Generator().manual_seed(0)
+        return samplers.ddim(unet, scheduler, samplers.noise(unet, batch, g), steps=steps, generator=g, progress=False)
+
+    def theirs():
+        return pipe(batch_size=batch, generator=torch.Generator().manual_seed(0), num_inference_steps=steps,
+                    output_type="np").images
+
+    equal = np.array_equal((ours() / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).numpy(), theirs())
+    t_ours, t_theirs = interleaved(ours, theirs)
+    return {"value": t_ours / t_theirs, "target": "<= 1.03", "unit": "ratio", "met": t_ours / t_theirs <= 1.03,
+            "outputs_equal": bool(equal), "coursekit_s": t_ours, "diffusers_s": t_theirs,
+            "setting": f"digits-uncond, DDIM {steps} steps, batch {batch}"}
+
+
+def cfg_batched_vs_naive(steps: int = 25, batch: int = 10, scale: float = 3.0) -> dict:
+    unet, scheduler = zoo.load("digits-cond")
+    labels = torch.arange(batch) % 10
+    null = torch.full_like(labels, samplers.null_label(unet))
+
+    def batched():
+        x = samplers.noise(unet, batch, torch.Generator().manual_seed(0))
+        return samplers.ddim(unet, scheduler, x, steps=steps, labels=labels, guidance_scale=scale, progress=False)
+
+    @torch.no_grad()
+    def naive():
+        sched = samplers.scheduler_named("ddim", scheduler)
+        sched.set_timesteps(steps)
+        x = samplers.noise(unet, batch, torch.Generator().manual_seed(0))
+        for t in sched.timesteps:
+            cond = unet(x, t, class_labels=labels).sample
+            free = unet(x, t, class_labels=null).sample
+            x = sched.step(free + scale * (cond - free), t, x).prev_sample
+        return x
+
+    same = torch.allclose(batched(), naive(), atol=1e-4)
+    t_b, t_n = interleaved(batched, naive)
+    return {"value": t_b / t_n, "target": "<= 0.6", "unit": "ratio", "met": t_b / t_n <= 0.6,
+            "outputs_equal": bool(same), "batched_s": t_b, "naive_s": t_n,
+            "setting": f"digits-cond, DDIM {steps} steps, {batch} samples, guidance {scale}"}
+
+
+FIRST_IMAGE = """
+import sys
+from coursekit import data, samplers, viz, zoo
+import torch
+unet, scheduler = zoo.load("digits-uncond")
+g = torch.Generator().manual_seed(0)
+x = samplers.ddim(unet, scheduler, samplers.noise(unet, 16, g), steps=25, generator=g, progress=False)
+viz.image_grid(x, scale=4).save(sys.argv[1])
+"""
+
+
+def first_image_s(repeats: int = 3) -> dict:
+    times = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for i in range(repeats):
+            out = Path(tmp) / f"first-{i}.png"
+            began = time.perf_counter()
+            subprocess.run([sys.executable, "-c", FIRST_IMAGE, str(out)], check=True, cwd=ROOT)
+            times.append(time.perf_counter() - began)
+            assert out.exists()
+    import_s = []
+    for _ in range(repeats):
+        began = time.perf_counter()
+        subprocess.run([sys.executable, "-c", "import torch; from diffusers import UNet2DModel"], check=True)
+        import_s.append(time.perf_counter() - began)
+    value = statistics.median(times)
+    return {"value": value, "target": "< 5", "unit": "s", "met": value < 5,
+            "of_which_import_torch_and_diffusers_s": statistics.median(import_s),
+            "setting": "fresh process: load digits-uncond, 16 samples, DDIM 25 steps, grid PNG"}
+
+
+def digits_cond_accuracy() -> dict:
+    recipe = zoo.RECIPES["digits-cond"]
+    unet, scheduler = zoo.load("digits-cond")
+    quality = zoo.evaluate(unet, scheduler, recipe)
+    value = quality["conditional_accuracy"]
+    return {"value": value, "target": ">= 0.95", "unit": "share", "met": value >= 0.95,
+            "judge_held_out_accuracy": quality["judge_held_out_accuracy"],
+            "setting": f"{quality['samples']} samples, {quality['sampler']}, guidance {quality['guidance_scale']}"}
+
+
+FIGURES = {
+    "ddim_vs_diffusers": ddim_vs_diffusers,
+    "cfg_batched_vs_naive": cfg_batched_vs_naive,
+    "first_image_s": first_image_s,
+    "digits_cond_accuracy": digits_cond_accuracy,
+}
+
+
+def main(names=None) -> dict:
+    results = {}
+    for name in names or FIGURES:
+        print(f"measuring {name} ...", flush=True)
+        results[name] = FIGURES[name]()
+    out = ROOT / "build" / "bench.json"
+    out.parent.mkdir(exist_ok=True)
+    out.write_text(json.dumps(results, indent=2, default=float) + "\n")
+    print(f"\n{'figure':<24}{'value':>10}  {'target':<10}{'unit':<7}met")
+    for name, r in results.items():
+        print(f"{name:<24}{r['value']:>10.3f}  {r['target']:<10}{r['unit']:<7}{'yes' if r['met'] else 'NO'}")
+        for k, v in r.items():
+            if k not in ("value", "target", "unit", "met"):
+                print(f"{'':<26}{k}: {v:.3f}" if isinstance(v, float) else f"{'':<26}{k}: {v}")
+    print(f"\nwritten: {out.relative_to(ROOT)}")
+    return results
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:] or None)

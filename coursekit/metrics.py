@@ -83,7 +83,7 @@ def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
     return float(((mu_a - mu_b) ** 2).sum() + np.trace(s_a + s_b - 2 * root))
 
 
-def pixel_fd(samples, reference, size: int = 8, dims: int = 20) -> float:
+def pixel_fd(samples, reference, size: int = 8, dims: int = 10) -> float:
     """Fréchet distance between two image sets (N, C, H, W in [-1, 1]) after shrinking both to
     `size` x `size` and projecting onto the reference's first `dims` principal components.
 

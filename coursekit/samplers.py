@@ -90,7 +90,7 @@ def sample(unet, scheduler, x: torch.Tensor, *, steps: int = 25, labels=None,
     from tqdm.auto import tqdm
 
     labels = _check(unet, x, labels, guidance_scale)
-    scheduler.set_timesteps(steps, device=x.device)
+    scheduler.set_timesteps(steps)
     takes = inspect.signature(scheduler.step).parameters
     if "generator" in takes:
         step_kwargs["generator"] = generator

@@ -15,6 +15,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -67,7 +68,7 @@ RECIPES = {
         description="Class-conditional 16x16 digits with classifier-free guidance "
                     "(class embedding added to the timestep embedding; label 10 means 'no class').",
         dataset="digits", size=16, channels=1, unet={**_DIGITS_UNET, "num_class_embeds": 11},
-        steps=1500, p_uncond=0.15, eval_guidance=3.0,
+        steps=1500, p_uncond=0.15, eval_guidance=1.5,
     ),
 }
 
@@ -187,6 +188,29 @@ Judged by `coursekit.metrics.digit_judge()`, a classifier fit on real digits onl
 """
 
 
+def write_card(out: Path, name: str, steps: int, seconds: float, quality: dict) -> None:
+    """The model card README.md and recipe.json of the checkpoint in `out`."""
+    import diffusers
+
+    recipe = RECIPES[name]
+    unet = diffusers.UNet2DModel.from_pretrained(out / "unet")
+    n_params = sum(p.numel() for p in unet.parameters())
+    (out / "README.md").write_text(_card(name, recipe, n_params, seconds, steps, quality))
+    (out / "recipe.json").write_text(json.dumps({"name": name, "steps": steps, **asdict(recipe),
+                                                 "quality": quality, "train_seconds": round(seconds, 1)},
+                                                indent=2) + "\n")
+
+
+def reevaluate(name: str, folder: str | os.PathLike | None = None) -> dict:
+    """Measure a trained checkpoint again with its recipe's evaluation settings; rewrite its card."""
+    out = Path(folder) if folder else ZOO_DIR / name
+    done = json.loads((out / "recipe.json").read_text())
+    unet, scheduler = load(out)
+    quality = evaluate(unet, scheduler, RECIPES[name])
+    write_card(out, name, done["steps"], done["train_seconds"], quality)
+    return quality
+
+
 def train(name: str, out: str | os.PathLike | None = None, steps: int | None = None,
           threads: int | None = None, evaluate_after: bool = True, progress: bool = True) -> Path:
     """Retrain zoo checkpoint `name` from its recipe into `out` (default: the package's zoo folder)."""
@@ -210,16 +234,9 @@ def train(name: str, out: str | os.PathLike | None = None, steps: int | None = N
                             p_uncond=recipe.p_uncond, seed=recipe.seed, out_dir=work,
                             progress=progress)
     model = result.best
-    quality = evaluate(model, scheduler, recipe) if evaluate_after else {}
     model.save_pretrained(out / "unet")
     scheduler.save_pretrained(out / "scheduler")
-    n_params = sum(p.numel() for p in model.parameters())
-    (out / "README.md").write_text(_card(name, recipe, n_params, result.seconds, steps, quality))
-    (out / "recipe.json").write_text(json.dumps({"name": name, "steps": steps, **asdict(recipe),
-                                                 "quality": quality, "train_seconds": round(result.seconds, 1)},
-                                                indent=2) + "\n")
-    import shutil
-
+    write_card(out, name, steps, result.seconds, evaluate(model, scheduler, recipe) if evaluate_after else {})
     shutil.rmtree(work, ignore_errors=True)
     return out
 
@@ -233,11 +250,17 @@ def main(argv=None) -> None:
     t.add_argument("--steps", type=int, help="override the recipe's step count (for quick checks)")
     t.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     t.add_argument("--no-eval", action="store_true", help="skip the quality evaluation")
+    e = sub.add_parser("evaluate", help="measure a trained checkpoint again and rewrite its model card")
+    e.add_argument("name", choices=names())
+    e.add_argument("--folder", help="checkpoint folder (default: the package's own)")
     sub.add_parser("list", help="list the zoo's checkpoints")
     args = parser.parse_args(argv)
     if args.command == "list":
         for n in names():
             print(f"{n}: {RECIPES[n].description}")
+        return
+    if args.command == "evaluate":
+        print(json.dumps(reevaluate(args.name, args.folder), indent=2))
         return
     began = time.perf_counter()
     path = train(args.name, args.out, args.steps, args.threads, evaluate_after=not args.no_eval)

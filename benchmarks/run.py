@@ -24,16 +24,17 @@ sys.path.insert(0, str(ROOT))
 from coursekit import samplers, zoo  # noqa: E402
 
 
-def interleaved(a, b, repeats: int = 5):
-    """Median seconds of a() and b(), run alternately after one warm-up each."""
+def interleaved(a, b, repeats: int = 8):
+    """Median seconds of a() and b(), run alternately (A B, then B A, ...) after a warm-up each,
+    so that neither always runs first."""
     a(), b()
-    ta, tb = [], []
-    for _ in range(repeats):
-        for f, out in ((a, ta), (b, tb)):
+    times = {a: [], b: []}
+    for i in range(repeats):
+        for f in ((a, b) if i % 2 == 0 else (b, a)):
             began = time.perf_counter()
             f()
-            out.append(time.perf_counter() - began)
-    return statistics.median(ta), statistics.median(tb)
+            times[f].append(time.perf_counter() - began)
+    return statistics.median(times[a]), statistics.median(times[b])
 
 
 def ddim_vs_diffusers(steps: int = 25, batch: int = 64) -> dict:

@@ -1,0 +1,88 @@
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from coursekit import guidance, samplers
+from tests.helpers import tiny_scheduler, tiny_unet
+
+
+class LinearEps(torch.nn.Module):
+    """A toy 'UNet' whose noise estimate is a * x: every gradient has a closed form."""
+
+    def __init__(self, a: float, channels: int = 3):
+        super().__init__()
+        self.a = a
+        self.config = SimpleNamespace(in_channels=channels, num_class_embeds=None, sample_size=4)
+
+    def forward(self, x, t, class_labels=None):
+        return SimpleNamespace(sample=self.a * x)
+
+
+@pytest.mark.parametrize("through_unet", [False, True])
+def test_guidance_gradient_has_the_closed_form_answer(through_unet):
+    sched = samplers.scheduler_named("ddim", tiny_scheduler())
+    a, t = 0.3, 600
+    ab = sched.alphas_cumprod[t]
+    x = torch.randn(2, 3, 4, 4, generator=torch.Generator().manual_seed(0))
+    target = torch.tensor([0.5, -0.2, 0.1]).view(1, 3, 1, 1)
+    loss = lambda x0: 0.5 * ((x0 - target) ** 2).sum()
+    grad, eps = guidance.guidance_gradient(LinearEps(a), sched, x, torch.tensor(t), loss, through_unet=through_unet)
+    x0 = (x - (1 - ab).sqrt() * a * x) / ab.sqrt()
+    dx0_dx = (1 - (1 - ab).sqrt() * a) / ab.sqrt() if through_unet else 1 / ab.sqrt()
+    torch.testing.assert_close(grad, (x0 - target) * dx0_dx)
+    torch.testing.assert_close(eps, a * x)
+
+
+def test_zero_scale_is_the_plain_ddim_sampler():
+    unet, sched = tiny_unet(channels=3), tiny_scheduler()
+    noise = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+    plain = samplers.ddim(unet, sched, noise, steps=5, progress=False)
+    guided = guidance.sample(unet, samplers.scheduler_named("ddim", sched), noise, guidance.colour_loss([1, 0, 0]),
+                             scale=0.0, steps=5, progress=False)
+    torch.testing.assert_close(guided, plain)
+
+
+@pytest.mark.parametrize("through_unet", [False, True])
+def test_colour_guidance_moves_samples_toward_the_colour(through_unet):
+    unet, sched = tiny_unet(channels=3), tiny_scheduler()
+    ddim = samplers.scheduler_named("ddim", sched)
+    noise = torch.randn(8, 3, 8, 8, generator=torch.Generator().manual_seed(2))
+    red = [0.9, 0.1, 0.1]
+    distances = [guidance.mean_colour_distance(
+        guidance.sample(unet, ddim, noise, guidance.colour_loss(red), scale=s, steps=10,
+                        through_unet=through_unet, progress=False), red) for s in (0.0, 20.0, 80.0)]
+    assert distances[2] < distances[1] < distances[0]
+    assert distances[2] < 0.5 * distances[0]
+
+
+def test_classifier_loss_steers_toward_the_class():
+    torch.manual_seed(0)
+    classifier = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 2))
+    unet, sched = tiny_unet(channels=3), tiny_scheduler()
+    ddim = samplers.scheduler_named("ddim", sched)
+    noise = torch.randn(16, 3, 8, 8, generator=torch.Generator().manual_seed(3))
+    share = lambda x: (classifier(x).argmax(1) == 1).float().mean().item()
+    before = share(guidance.sample(unet, ddim, noise, guidance.classifier_loss(classifier, 1), scale=0.0, steps=8, progress=False))
+    after = share(guidance.sample(unet, ddim, noise, guidance.classifier_loss(classifier, 1), scale=30.0, steps=8, progress=False))
+    assert after == 1.0 and after > before
+
+
+def test_mean_colour_distance():
+    white = torch.ones(2, 3, 4, 4)
+    assert guidance.mean_colour_distance(white, [1, 1, 1]) == pytest.approx(0)
+    assert guidance.mean_colour_distance(-white, [1, 1, 1]) == pytest.approx(3 ** 0.5)
+
+
+def test_bad_guidance_inputs_are_refused():
+    unet, sched = tiny_unet(channels=3), tiny_scheduler()
+    noise = torch.randn(2, 3, 8, 8)
+    with pytest.raises(samplers.SamplerError, match="scalar"):
+        guidance.sample(unet, samplers.scheduler_named("ddim", sched), noise, lambda x0: x0.mean(dim=1), scale=1.0,
+                        steps=2, progress=False)
+    with pytest.raises(samplers.SamplerError, match="DDPM/DDIM-style"):
+        guidance.sample(unet, samplers.scheduler_named("euler", sched), noise, guidance.colour_loss([1, 0, 0]),
+                        scale=1.0, steps=2, progress=False)
+    with pytest.raises(samplers.SamplerError, match="colour has 3 channels but the images have 1"):
+        guidance.sample(tiny_unet(), samplers.scheduler_named("ddim", sched), torch.randn(2, 1, 8, 8),
+                        guidance.colour_loss([1, 0, 0]), scale=1.0, steps=2, progress=False)

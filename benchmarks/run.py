@@ -59,7 +59,8 @@ def ddim_vs_diffusers(steps: int = 25, batch: int = 64) -> dict:
             "setting": f"digits-uncond, DDIM {steps} steps, batch {batch}"}
 
 
-def cfg_batched_vs_naive(steps: int = 25, batch: int = 10, scale: float = 3.0) -> dict:
+def cfg_batched_vs_naive(steps: int = 25, batch: int = 10) -> dict:
+    scale = zoo.RECIPES["digits-cond"].eval_guidance
     unet, scheduler = zoo.load("digits-cond")
     labels = torch.arange(batch) % 10
     null = torch.full_like(labels, samplers.null_label(unet))

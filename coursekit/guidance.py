@@ -108,3 +108,48 @@ def classifier_loss(classifier, labels) -> "callable":
                                                  else labels.to(x0.device))
 
     return loss
+
+
+class ClassChannelsUNet(torch.nn.Module):
+    """Class conditioning as extra input channels: a learned embedding of the label is spread
+    over every pixel and concatenated with the image before the UNet sees it.
+
+    It behaves like a class-conditional diffusers UNet (`unet(x, t, class_labels=y).sample`,
+    `config.num_class_embeds`, the last label meaning 'no class'), so coursekit's samplers,
+    classifier-free guidance and training loop work with it unchanged.
+    """
+
+    def __init__(self, unet, num_classes: int, embed_dim: int = 4):
+        super().__init__()
+        channels = unet.config.in_channels - embed_dim
+        if channels not in (1, 3) or unet.config.out_channels != channels:
+            raise SamplerError(f"the inner UNet needs in_channels = image channels + {embed_dim} and "
+                               f"out_channels = image channels; got {unet.config.in_channels} and {unet.config.out_channels}")
+        self.unet = unet
+        self.embed = torch.nn.Embedding(num_classes + 1, embed_dim)
+        from types import SimpleNamespace
+
+        self.config = SimpleNamespace(in_channels=channels, out_channels=channels, sample_size=unet.config.sample_size,
+                                      num_class_embeds=num_classes + 1, embed_dim=embed_dim)
+
+    @property
+    def device(self):
+        return self.unet.device
+
+    @property
+    def dtype(self):
+        return self.unet.dtype
+
+    def forward(self, x, t, class_labels=None):
+        if class_labels is None:
+            raise SamplerError("ClassChannelsUNet needs class_labels (use the last label for 'no class')")
+        maps = self.embed(class_labels)[:, :, None, None].expand(-1, -1, *x.shape[-2:])
+        return self.unet(torch.cat([x, maps.to(x.dtype)], dim=1), t)
+
+
+def class_channels_unet(size: int, channels: int, num_classes: int, embed_dim: int = 4, **unet_kwargs):
+    """A UNet2DModel wrapped by ClassChannelsUNet: conditioning through extra input channels."""
+    from diffusers import UNet2DModel
+
+    inner = UNet2DModel(sample_size=size, in_channels=channels + embed_dim, out_channels=channels, **unet_kwargs)
+    return ClassChannelsUNet(inner, num_classes, embed_dim)

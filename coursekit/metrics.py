@@ -31,6 +31,7 @@ class DigitJudge:
     pca: object
     held_out_accuracy: float
     real_features: np.ndarray
+    real_spread: float = 1.0
 
     def predict(self, x) -> np.ndarray:
         return self.model.predict(to_digit_features(x))
@@ -43,6 +44,11 @@ class DigitJudge:
         """Mean top-class probability: how digit-like the samples look, whatever the digit."""
         return float(self.model.predict_proba(to_digit_features(x)).max(axis=1).mean())
 
+    def diversity(self, x, labels) -> float:
+        """Mean distance between two samples of the same requested class, in the judge's feature
+        space, over the same measure for the real images: 1 is as varied as real data, 0 is copies."""
+        return _spread(to_digit_features(x), np.asarray(labels)) / self.real_spread
+
     def fid(self, x) -> float:
         """Fréchet distance between samples and real digits in a 20-d PCA space of 8x8 pixels."""
         return frechet_distance(self.pca.transform(to_digit_features(x)), self.real_features)
@@ -50,17 +56,21 @@ class DigitJudge:
 
 @lru_cache(maxsize=2)
 def digit_judge(size: int = 16, seed: int = 0) -> DigitJudge:
-    """Fit the judge on 75% of scikit-learn's digits, seen through the same `size` round trip."""
+    """The judge fit on scikit-learn's digits, seen through the same `size` round trip."""
+    from . import data
+
+    return fit_judge(*data.tensors(data.load("digits"), size, 1), seed=seed)
+
+
+def fit_judge(x, y, seed: int = 0) -> DigitJudge:
+    """Fit a judge on 75% of real labelled grey images `x` (N, 1, H, W in [-1, 1]); hold out 25%."""
     from sklearn.decomposition import PCA
     from sklearn.model_selection import train_test_split
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
     from sklearn.svm import SVC
 
-    from . import data
-
-    x, y = data.tensors(data.load("digits"), size, 1)
-    feats, y = to_digit_features(x), y.numpy()
+    feats, y = to_digit_features(x), np.asarray(y)
     f_train, f_test, y_train, y_test = train_test_split(feats, y, test_size=0.25, random_state=seed, stratify=y)
     from sklearn.calibration import CalibratedClassifierCV
 
@@ -68,7 +78,16 @@ def digit_judge(size: int = 16, seed: int = 0) -> DigitJudge:
     model = make_pipeline(StandardScaler(), CalibratedClassifierCV(svc, ensemble=False))
     model.fit(f_train, y_train)
     pca = PCA(20, random_state=seed).fit(feats)
-    return DigitJudge(model, pca, float(model.score(f_test, y_test)), pca.transform(feats))
+    return DigitJudge(model, pca, float(model.score(f_test, y_test)), pca.transform(feats), _spread(feats, y))
+
+
+def _spread(features: np.ndarray, labels: np.ndarray, per_class: int = 100) -> float:
+    """Mean pairwise Euclidean distance within each class (first `per_class` of each), averaged."""
+    from scipy.spatial.distance import pdist
+
+    spreads = [pdist(features[labels == c][:per_class]).mean() for c in np.unique(labels)
+               if (labels == c).sum() > 1]
+    return float(np.mean(spreads))
 
 
 def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:

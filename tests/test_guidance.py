@@ -86,3 +86,33 @@ def test_bad_guidance_inputs_are_refused():
     with pytest.raises(samplers.SamplerError, match="colour has 3 channels but the images have 1"):
         guidance.sample(tiny_unet(), samplers.scheduler_named("ddim", sched), torch.randn(2, 1, 8, 8),
                         guidance.colour_loss([1, 0, 0]), scale=1.0, steps=2, progress=False)
+
+
+def test_class_channels_unet_conditions_through_extra_input_channels():
+    kw = dict(layers_per_block=1, block_out_channels=(8, 16), norm_num_groups=4,
+              down_block_types=("DownBlock2D",) * 2, up_block_types=("UpBlock2D",) * 2)
+    torch.manual_seed(0)
+    m = guidance.class_channels_unet(8, 1, 3, embed_dim=4, **kw).eval()
+    assert (m.config.in_channels, m.unet.config.in_channels, m.config.num_class_embeds) == (1, 5, 4)
+    x, t = torch.randn(2, 1, 8, 8), torch.tensor(100)
+    with torch.no_grad():
+        out = m(x, t, class_labels=torch.tensor([0, 2])).sample
+        maps = m.embed(torch.tensor([0, 2]))[:, :, None, None].expand(-1, -1, 8, 8)
+        torch.testing.assert_close(out, m.unet(torch.cat([x, maps], 1), t).sample)
+        other = m(x, t, class_labels=torch.tensor([1, 1])).sample
+    assert not torch.allclose(out, other)
+    # it plugs into the samplers with guidance, and into the training loop with label dropout
+    y = samplers.ddim(m, tiny_scheduler(), torch.randn(3, 1, 8, 8), steps=3, labels=[0, 1, 2], guidance_scale=2.0,
+                      progress=False)
+    assert y.shape == (3, 1, 8, 8) and torch.isfinite(y).all()
+    from coursekit import train
+
+    r = train.train(m, tiny_scheduler(), torch.rand(16, 1, 8, 8) * 2 - 1, torch.randint(0, 3, (16,)), steps=2,
+                    batch_size=8, p_uncond=0.5, progress=False)
+    assert len(r.losses) == 2
+    with pytest.raises(samplers.SamplerError, match="needs class_labels"):
+        m(x, t)
+    from diffusers import UNet2DModel
+
+    with pytest.raises(samplers.SamplerError, match="in_channels = image channels"):
+        guidance.ClassChannelsUNet(UNet2DModel(sample_size=8, in_channels=1, out_channels=1, **kw), 3)

@@ -55,3 +55,21 @@ def test_pixel_fd_prefers_the_real_distribution():
     assert metrics.pixel_fd(real_a, real_b) < 0.2 * metrics.pixel_fd(noise, real_b)
     with pytest.raises(ValueError, match="channels"):
         metrics.pixel_fd(torch.zeros(30, 3, 16, 16), real_b)
+
+
+def test_diversity_is_one_for_real_data_and_zero_for_copies():
+    from coursekit import data
+
+    judge = metrics.digit_judge(16)
+    x, y = data.tensors(data.load("digits"), 16, 1)
+    assert judge.diversity(x, y) == pytest.approx(1.0, rel=1e-6)
+    copies = x[:1].repeat(20, 1, 1, 1)
+    assert judge.diversity(copies, torch.zeros(20, dtype=torch.long)) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_fit_judge_on_any_labelled_grey_images():
+    from coursekit import data
+
+    x, y = data.tensors(data.load("digits"), 8, 1)
+    judge = metrics.fit_judge(x, y)
+    assert judge.held_out_accuracy > 0.95 and judge.accuracy(x[:100], y[:100]) > 0.95

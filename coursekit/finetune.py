@@ -1,0 +1,87 @@
+"""Fine-tune a pretrained diffusion model on another dataset, from the command line.
+
+    python -m coursekit.finetune --model digits-uncond --dataset digits --resize --out runs/ft --steps 300
+    accelerate launch -m coursekit.finetune ...        # the same on several GPUs
+
+The model is any `coursekit.zoo.load` name (zoo name, Hub id, folder); the dataset any
+`coursekit.data.load` name. Checkpoints go to OUT/checkpoint and a run started again with the
+same OUT resumes from there. Sample grids land in OUT/samples, the loss curve in OUT/loss.png,
+and the result in diffusers format in OUT/model.
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+class FinetuneError(ValueError):
+    """The model and dataset do not fit together; the message says how to fix it."""
+
+
+def check_fit(unet, dataset, resize: bool = False) -> None:
+    """Refuse a dataset whose images differ from the model in channels, or in size unless `resize`."""
+    first = dataset[0]["image"]
+    channels = 1 if first.mode in ("L", "1", "I", "F") else 3
+    size = unet.config.sample_size
+    if channels != unet.config.in_channels:
+        raise FinetuneError(f"the dataset's images have {channels} channel(s) ({first.mode}) but the model takes "
+                            f"{unet.config.in_channels}; pick a dataset or model with matching channels")
+    if first.size != (size, size) and not resize:
+        raise FinetuneError(f"the dataset's images are {first.size[0]}x{first.size[1]} but the model takes "
+                            f"{size}x{size}; pass --resize to scale them, or pick a matching model")
+
+
+def finetune(model: str, dataset: str, out: str | Path, *, steps: int = 300, batch_size: int = 16,
+             grad_accum: int = 1, lr: float = 1e-4, resize: bool = False, sample_every: int = 100,
+             n_samples: int = 16, seed: int = 0, progress: bool = True) -> Path:
+    """Fine-tune `model` on `dataset`; returns OUT/model, a diffusers-format pipeline folder."""
+    import torch
+    from diffusers import DDIMPipeline, DDIMScheduler
+
+    from . import data, samplers, train, viz, zoo
+
+    out = Path(out)
+    unet, scheduler = zoo.load(model)
+    ds = data.load(dataset)
+    check_fit(unet, ds, resize)
+    images, labels = data.tensors(ds, unet.config.sample_size, unet.config.in_channels)
+    if samplers.null_label(unet) is not None:
+        raise FinetuneError("this command fine-tunes unconditional models; the model is class-conditional")
+    (out / "samples").mkdir(parents=True, exist_ok=True)
+    noise = samplers.noise(unet, n_samples, torch.Generator().manual_seed(seed))
+
+    def log_samples(step, losses, model):
+        x = samplers.ddim(model, scheduler, noise.to(model.device), steps=25, progress=False)
+        viz.image_grid(x, scale=max(1, 64 // unet.config.sample_size)).save(out / "samples" / f"step_{step:05d}.png")
+
+    result = train.train(unet, scheduler, images, steps=steps, batch_size=batch_size, grad_accum=grad_accum,
+                         lr=lr, warmup=min(50, steps // 10), seed=seed, out_dir=out, callback=log_samples,
+                         every=sample_every, progress=progress)
+    viz.loss_curve(result.losses, title=f"fine-tuning {model} on {dataset}").savefig(out / "loss.png")
+    DDIMPipeline(unet=result.unet, scheduler=DDIMScheduler.from_config(scheduler.config)).save_pretrained(out / "model")
+    return out / "model"
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(prog="python -m coursekit.finetune", description=__doc__.split("\n")[0])
+    p.add_argument("--model", required=True, help="zoo name, Hub id or folder")
+    p.add_argument("--dataset", required=True, help="a coursekit.data.load name")
+    p.add_argument("--out", required=True, help="run folder: checkpoints, samples, loss curve, final model")
+    p.add_argument("--steps", type=int, default=300)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--grad-accum", type=int, default=1, help="micro-batches per optimizer step")
+    p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--resize", action="store_true", help="scale the dataset's images to the model's size")
+    p.add_argument("--sample-every", type=int, default=100)
+    p.add_argument("--seed", type=int, default=0)
+    a = p.parse_args(argv)
+    try:
+        path = finetune(a.model, a.dataset, a.out, steps=a.steps, batch_size=a.batch_size, grad_accum=a.grad_accum,
+                        lr=a.lr, resize=a.resize, sample_every=a.sample_every, seed=a.seed)
+    except FinetuneError as e:
+        raise SystemExit(f"coursekit.finetune: {e}")
+    print(f"fine-tuned model: {path}")
+
+
+if __name__ == "__main__":
+    main()

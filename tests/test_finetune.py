@@ -1,0 +1,36 @@
+import pytest
+import torch
+
+from coursekit import finetune, zoo
+
+
+def test_refuses_a_dataset_with_other_channels():
+    with pytest.raises(SystemExit, match=r"3 channel\(s\) \(RGB\) but the model takes 1"):
+        finetune.main(["--model", "digits-uncond", "--dataset", "photo-crops", "--out", "/nonexistent"])
+
+
+def test_refuses_other_sizes_unless_asked_to_resize(tmp_path):
+    with pytest.raises(SystemExit, match=r"8x8 but the model takes 16x16; pass --resize"):
+        finetune.main(["--model", "digits-uncond", "--dataset", "digits", "--out", str(tmp_path)])
+
+
+def test_refuses_conditional_models(tmp_path):
+    with pytest.raises(finetune.FinetuneError, match="unconditional"):
+        finetune.finetune("digits-cond", "digits", tmp_path, resize=True, steps=1)
+
+
+def test_finetunes_logs_and_resumes(tmp_path, capsys):
+    args = ["--model", "digits-uncond", "--dataset", "digits", "--resize", "--out", str(tmp_path),
+            "--batch-size", "8", "--grad-accum", "2", "--sample-every", "2"]
+    finetune.main(args + ["--steps", "2"])
+    assert "fine-tuned model" in capsys.readouterr().out
+    assert (tmp_path / "samples" / "step_00002.png").exists() and (tmp_path / "loss.png").exists()
+    assert torch.load(tmp_path / "checkpoint" / "state.pt", weights_only=True)["step"] == 2
+    finetune.main(args + ["--steps", "4"])
+    state = torch.load(tmp_path / "checkpoint" / "state.pt", weights_only=True)
+    assert state["step"] == 4 and len(state["losses"]) == 4
+    assert "resuming from" in capsys.readouterr().out
+    unet, scheduler = zoo.load(tmp_path / "model")
+    base, _ = zoo.load("digits-uncond")
+    assert type(scheduler).__name__ == "DDIMScheduler"
+    assert any(not torch.equal(a, b) for a, b in zip(unet.parameters(), base.parameters()))

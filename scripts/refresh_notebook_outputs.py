@@ -17,6 +17,7 @@ def refresh(path: str) -> None:
     nb = nbformat.read(path, as_version=4)
     NotebookClient(nb, timeout=1800, kernel_name="python3",
                    resources={"metadata": {"path": os.path.dirname(os.path.abspath(path))}}).execute()
+    nb.metadata.pop("widgets", None)
     count = 0
     for cell in nb.cells:
         if cell.cell_type != "code":
@@ -25,6 +26,9 @@ def refresh(path: str) -> None:
         if "NBVAL_CHECK_OUTPUT" in cell.source:
             count += 1
             cell.execution_count = count
+            if any(o.output_type != "stream" for o in cell.outputs):
+                raise SystemExit(f"{path}: a checked cell shows more than text (a progress bar or a picture); "
+                                 "print the checked values from a cell of their own")
         else:
             cell.outputs, cell.execution_count = [], None
     nbformat.write(nb, path)

@@ -89,8 +89,10 @@ def test_notebook_conventions(path):
         checked = "NBVAL_CHECK_OUTPUT" in cell.source
         if checked:
             assert cell.outputs and cell.execution_count, "a checked cell keeps its outputs and execution count"
+            assert all(o.output_type == "stream" for o in cell.outputs), "a checked cell prints text only"
         else:
             assert not cell.outputs, "commit notebooks without outputs, except NBVAL_CHECK_OUTPUT cells"
     assert any("NBVAL_CHECK_OUTPUT" in c.source for c in nb.cells if c.cell_type == "code")
+    assert "widgets" not in nb.metadata, "no saved widget state"
     settings = [c for c in nb.cells if c.cell_type == "code" and "tracks.Settings(" in c.source]
     assert len(settings) == 1, "one visible settings cell"

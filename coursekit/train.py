@@ -7,6 +7,7 @@ continues exactly as if it had never stopped; `accelerate launch` spreads the ba
 """
 from __future__ import annotations
 
+import copy
 import math
 import os
 import shutil
@@ -57,9 +58,12 @@ def noisy_batch(scheduler, x0: torch.Tensor, generator: torch.Generator):
 
 
 def _save_checkpoint(folder: Path, unet, ema, scheduler, optimizer, lr_sched, step, losses):
+    from safetensors.torch import save_file
+
     tmp = folder.with_name(folder.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    unet.save_pretrained(tmp / "unet")
+    tmp.mkdir(parents=True)
+    save_file({k: v.contiguous() for k, v in unet.state_dict().items()}, tmp / "model.safetensors")
     scheduler.save_pretrained(tmp / "scheduler")
     state = {"step": step, "losses": torch.tensor(losses), "optimizer": optimizer.state_dict(),
              "lr_scheduler": lr_sched.state_dict()}
@@ -113,13 +117,15 @@ def train(unet, scheduler, images: torch.Tensor, labels: torch.Tensor | None = N
     if ema_decay:
         from diffusers.training_utils import EMAModel
 
-        ema = EMAModel(unet.parameters(), decay=ema_decay, model_cls=type(unet), model_config=unet.config)
+        ema = EMAModel(unet.parameters(), decay=ema_decay)
 
     start, losses = 0, []
     ckpt = Path(out_dir) / "checkpoint" if out_dir else None
     if ckpt is not None and ckpt.exists():
+        from safetensors.torch import load_file
+
         state = torch.load(ckpt / "state.pt", weights_only=True)
-        unet.load_state_dict(type(unet).from_pretrained(ckpt / "unet").state_dict())
+        unet.load_state_dict(load_file(ckpt / "model.safetensors"))
         optimizer.load_state_dict(state["optimizer"])
         lr_sched.load_state_dict(state["lr_scheduler"])
         if ema is not None:
@@ -173,7 +179,7 @@ def train(unet, scheduler, images: torch.Tensor, labels: torch.Tensor | None = N
     unet = accelerator.unwrap_model(model).eval()
     ema_unet = None
     if ema is not None:
-        ema_unet = type(unet).from_config(unet.config)
+        ema_unet = copy.deepcopy(unet)
         ema.copy_to(ema_unet.parameters())
         ema_unet.eval()
     return TrainResult(unet=unet, losses=losses, ema_unet=ema_unet, seconds=time.perf_counter() - began)

@@ -88,7 +88,7 @@ def test_bad_guidance_inputs_are_refused():
                         guidance.colour_loss([1, 0, 0]), scale=1.0, steps=2, progress=False)
 
 
-def test_class_channels_unet_conditions_through_extra_input_channels():
+def test_class_channels_unet_conditions_through_extra_input_channels(tmp_path):
     kw = dict(layers_per_block=1, block_out_channels=(8, 16), norm_num_groups=4,
               down_block_types=("DownBlock2D",) * 2, up_block_types=("UpBlock2D",) * 2)
     torch.manual_seed(0)
@@ -108,8 +108,9 @@ def test_class_channels_unet_conditions_through_extra_input_channels():
     from coursekit import train
 
     r = train.train(m, tiny_scheduler(), torch.rand(16, 1, 8, 8) * 2 - 1, torch.randint(0, 3, (16,)), steps=2,
-                    batch_size=8, p_uncond=0.5, progress=False)
-    assert len(r.losses) == 2
+                    batch_size=8, p_uncond=0.5, ema_decay=0.9, out_dir=tmp_path, progress=False)
+    assert len(r.losses) == 2 and isinstance(r.ema_unet, guidance.ClassChannelsUNet)
+    assert (tmp_path / "checkpoint" / "model.safetensors").exists()
     with pytest.raises(samplers.SamplerError, match="needs class_labels"):
         m(x, t)
     from diffusers import UNet2DModel

@@ -39,7 +39,7 @@ def test_resume_continues_exactly_as_an_uninterrupted_run(tmp_path):
         train.train(tiny_unet(classes=4), tiny_scheduler(), x, labels, steps=12, batch_size=8, warmup=2,
                     p_uncond=0.2, ema_decay=0.9, out_dir=tmp_path, checkpoint_every=5, callback=stop_at_7,
                     every=1, progress=False)
-    assert (tmp_path / "checkpoint" / "unet").is_dir()
+    assert (tmp_path / "checkpoint" / "model.safetensors").is_file()
     assert not (tmp_path / "checkpoint.tmp").exists()
     state = torch.load(tmp_path / "checkpoint" / "state.pt", weights_only=True)
     assert state["step"] == 5

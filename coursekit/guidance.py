@@ -81,13 +81,14 @@ def sample(unet, scheduler, x: torch.Tensor, loss_fn, *, scale: float, steps: in
 
 
 def colour_loss(colour) -> "callable":
-    """A loss on x0: mean absolute distance of every pixel to an RGB `colour` given in 0..1."""
+    """A loss on x0: each image's mean absolute distance of its pixels to an RGB `colour` in
+    0..1, summed over the batch (so each image's gradient does not depend on the batch size)."""
     target = torch.as_tensor(colour, dtype=torch.float32).reshape(1, -1, 1, 1) * 2 - 1
 
     def loss(x0):
         if x0.shape[1] != target.shape[1]:
             raise SamplerError(f"colour has {target.shape[1]} channels but the images have {x0.shape[1]}")
-        return (x0 - target.to(x0.device)).abs().mean()
+        return (x0 - target.to(x0.device)).abs().mean(dim=(1, 2, 3)).sum()
 
     return loss
 
@@ -100,12 +101,12 @@ def mean_colour_distance(x: torch.Tensor, colour) -> float:
 
 
 def classifier_loss(classifier, labels) -> "callable":
-    """A loss on x0: -log p(label | x0) under `classifier` (a module mapping images to logits)."""
+    """A loss on x0: -log p(label | x0) under `classifier` (images to logits), summed over the batch."""
     labels = torch.as_tensor(labels).long()
 
     def loss(x0):
-        return torch.nn.functional.cross_entropy(classifier(x0), labels.to(x0.device).expand(len(x0)) if labels.ndim == 0
-                                                 else labels.to(x0.device))
+        wanted = labels.to(x0.device).expand(len(x0)) if labels.ndim == 0 else labels.to(x0.device)
+        return torch.nn.functional.cross_entropy(classifier(x0), wanted, reduction="sum")
 
     return loss
 
@@ -153,3 +154,37 @@ def class_channels_unet(size: int, channels: int, num_classes: int, embed_dim: i
 
     inner = UNet2DModel(sample_size=size, in_channels=channels + embed_dim, out_channels=channels, **unet_kwargs)
     return ClassChannelsUNet(inner, num_classes, embed_dim)
+
+
+def small_classifier(channels: int, num_classes: int) -> torch.nn.Module:
+    """A small CNN from images (N, channels, H, W in [-1, 1]) to class logits, any H and W."""
+    nn = torch.nn
+    return nn.Sequential(
+        nn.Conv2d(channels, 32, 3, padding=1), nn.SiLU(),
+        nn.Conv2d(32, 64, 3, padding=1, stride=2), nn.SiLU(),
+        nn.Conv2d(64, 64, 3, padding=1, stride=2), nn.SiLU(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, num_classes),
+    )
+
+
+def train_classifier(images: torch.Tensor, labels: torch.Tensor, *, steps: int = 400, batch_size: int = 64,
+                     lr: float = 2e-3, blur_noise: float = 0.3, seed: int = 0) -> torch.nn.Module:
+    """Fit `small_classifier` on clean images to guide sampling; returns it in eval mode.
+
+    The guide sees predicted x0, which is blurry and noisy early in sampling, so training
+    images get Gaussian noise of a random strength up to `blur_noise`. This guide is separate
+    from `coursekit.metrics`' judge, which stays an independent measure.
+    """
+    g = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    model = small_classifier(images.shape[1], int(labels.max()) + 1)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr)
+    for _ in range(steps):
+        idx = torch.randint(0, len(images), (batch_size,), generator=g)
+        strength = torch.rand(batch_size, 1, 1, 1, generator=g) * blur_noise
+        x = images[idx] + strength * torch.randn(images[idx].shape, generator=g)
+        loss = torch.nn.functional.cross_entropy(model(x), labels[idx])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return model.eval()

@@ -64,6 +64,7 @@ def digit_judge(size: int = 16, seed: int = 0) -> DigitJudge:
 
 def fit_judge(x, y, seed: int = 0) -> DigitJudge:
     """Fit a judge on 75% of real labelled grey images `x` (N, 1, H, W in [-1, 1]); hold out 25%."""
+    from sklearn.calibration import CalibratedClassifierCV
     from sklearn.decomposition import PCA
     from sklearn.model_selection import train_test_split
     from sklearn.pipeline import make_pipeline
@@ -72,8 +73,6 @@ def fit_judge(x, y, seed: int = 0) -> DigitJudge:
 
     feats, y = to_digit_features(x), np.asarray(y)
     f_train, f_test, y_train, y_test = train_test_split(feats, y, test_size=0.25, random_state=seed, stratify=y)
-    from sklearn.calibration import CalibratedClassifierCV
-
     svc = SVC(C=10, gamma="scale", random_state=seed)
     model = make_pipeline(StandardScaler(), CalibratedClassifierCV(svc, ensemble=False))
     model.fit(f_train, y_train)

@@ -165,6 +165,8 @@ def evaluate(unet, scheduler, recipe: Recipe, per_class: int = 50, seed: int = 1
 
 def _card(name: str, recipe: Recipe, n_params: int, seconds: float, steps: int, quality: dict) -> str:
     rows = "\n".join(f"| {k} | {v} |" for k, v in quality.items())
+    sweep = (f" The guidance scale ({recipe.eval_guidance}) was chosen by sweeping it after training; "
+             "re-measure with `python -m coursekit.zoo evaluate " + name + "`." if recipe.conditional else "")
     return f"""---
 library_name: diffusers
 tags: [coursekit, diffusion, small-track]
@@ -180,7 +182,7 @@ tags: [coursekit, diffusion, small-track]
 - **Reproduce**: `python -m coursekit.zoo train {name}`
 
 ## Measured quality
-Judged by `coursekit.metrics.digit_judge()`, a classifier fit on real digits only.
+Judged by `coursekit.metrics.digit_judge()`, a classifier fit on real digits only.{sweep}
 
 | measure | value |
 | --- | --- |
@@ -196,17 +198,17 @@ def write_card(out: Path, name: str, steps: int, seconds: float, quality: dict) 
     unet = diffusers.UNet2DModel.from_pretrained(out / "unet")
     n_params = sum(p.numel() for p in unet.parameters())
     (out / "README.md").write_text(_card(name, recipe, n_params, seconds, steps, quality))
-    (out / "recipe.json").write_text(json.dumps({"name": name, "steps": steps, **asdict(recipe),
+    (out / "recipe.json").write_text(json.dumps({**asdict(recipe), "name": name, "steps": steps,
                                                  "quality": quality, "train_seconds": round(seconds, 1)},
                                                 indent=2) + "\n")
 
 
-def reevaluate(name: str, folder: str | os.PathLike | None = None) -> dict:
+def reevaluate(name: str, folder: str | os.PathLike | None = None, per_class: int = 50) -> dict:
     """Measure a trained checkpoint again with its recipe's evaluation settings; rewrite its card."""
     out = Path(folder) if folder else ZOO_DIR / name
     done = json.loads((out / "recipe.json").read_text())
     unet, scheduler = load(out)
-    quality = evaluate(unet, scheduler, RECIPES[name])
+    quality = evaluate(unet, scheduler, RECIPES[name], per_class=per_class)
     write_card(out, name, done["steps"], done["train_seconds"], quality)
     return quality
 

@@ -48,6 +48,15 @@ def test_every_recipe_trains_for_a_few_steps(name, tmp_path):
     assert not (tmp_path / f"{name}.work").exists()
 
 
+def test_reevaluate_rewrites_the_card_with_fresh_measurements(tmp_path):
+    out = zoo.train("digits-cond", tmp_path / "m", steps=2, evaluate_after=False, progress=False)
+    assert "conditional_accuracy" not in (out / "README.md").read_text()
+    quality = zoo.reevaluate("digits-cond", out, per_class=2)
+    assert quality["samples"] == 20 and 0 <= quality["conditional_accuracy"] <= 1
+    card = (out / "README.md").read_text()
+    assert "| conditional_accuracy |" in card and "chosen by sweeping" in card and "2 optimizer steps" in card
+
+
 def test_zoo_command_line_trains(tmp_path):
     zoo.main(["train", "digits-uncond", "--steps", "2", "--no-eval", "--out", str(tmp_path / "m")])
     assert (tmp_path / "m" / "unet" / "config.json").exists()

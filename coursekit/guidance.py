@@ -12,10 +12,9 @@ a little downhill, and the scheduler's ordinary step follows. Two variants:
 """
 from __future__ import annotations
 
-import inspect
-
 import torch
 
+from . import samplers
 from .samplers import SamplerError, _check, predict_noise
 
 
@@ -50,34 +49,24 @@ def guidance_gradient(unet, scheduler, x, t, loss_fn, *, through_unet: bool = Fa
 
 
 def sample(unet, scheduler, x: torch.Tensor, loss_fn, *, scale: float, steps: int = 25,
-           through_unet: bool = False, labels=None, guidance_scale: float = 1.0,
-           generator: torch.Generator | None = None, callback=None, progress: bool = True, **step_kwargs):
+           through_unet: bool = False, labels=None, guidance_scale: float = 1.0, **kwargs):
     """Loss-guided sampling from the noise `x`: before each scheduler step, x_t -= scale * grad.
 
     `loss_fn(x0)` takes the predicted clean images (N, C, H, W in about [-1, 1]) and returns a
-    scalar. `scale=0` gives the unguided sampler's result exactly.
+    scalar. `scale=0` gives the unguided sampler's result exactly. Other keywords (generator,
+    callback, progress, trajectory, eta, ...) go to `coursekit.samplers.sample`.
     """
-    from tqdm.auto import tqdm
-
     labels = _check(unet, x, labels, guidance_scale)
     _check_scheduler(scheduler)
-    scheduler.set_timesteps(steps)
-    if "generator" in inspect.signature(scheduler.step).parameters:
-        step_kwargs["generator"] = generator
-    for i, t in enumerate(tqdm(scheduler.timesteps, disable=not progress, desc="guided sampling", leave=False)):
-        if scale:
+
+    def guide(x, t):
+        with torch.enable_grad():
             grad, eps = guidance_gradient(unet, scheduler, x, t, loss_fn, through_unet=through_unet,
                                           labels=labels, guidance_scale=guidance_scale)
-            x = x.detach() - scale * grad
-        else:
-            with torch.no_grad():
-                eps = predict_noise(unet, x, t, labels, guidance_scale)
-        with torch.no_grad():
-            out = scheduler.step(eps, t, x, **step_kwargs)
-        x = out.prev_sample.detach()
-        if callback is not None:
-            callback(i, t, x, getattr(out, "pred_original_sample", None))
-    return x
+        return x - scale * grad, eps
+
+    return samplers.sample(unet, scheduler, x, steps=steps, labels=labels, guidance_scale=guidance_scale,
+                           guide=guide if scale else None, **kwargs)
 
 
 def colour_loss(colour) -> "callable":

@@ -80,12 +80,14 @@ def predict_noise(unet, x, t, labels=None, guidance_scale: float = 1.0) -> torch
 @torch.no_grad()
 def sample(unet, scheduler, x: torch.Tensor, *, steps: int = 25, labels=None,
            guidance_scale: float = 1.0, generator: torch.Generator | None = None,
-           callback=None, trajectory: bool = False, progress: bool = True, **step_kwargs):
+           callback=None, trajectory: bool = False, progress: bool = True, guide=None, **step_kwargs):
     """Run `scheduler` from the noise `x` for `steps` steps; returns the sample (and Trajectory).
 
     Works with any diffusers scheduler (DDPM, DDIM, DPM-Solver++, Euler, ...): it scales the
     noise by `init_noise_sigma` and the input by `scale_model_input` as the scheduler asks.
     `callback(i, t, x, x0)` is called after each step. Extra keywords (eta=...) go to `step`.
+    `guide(x, t) -> (x, eps)`, if given, replaces the noise prediction and may move x first
+    (coursekit.guidance uses it for loss guidance).
     """
     from tqdm.auto import tqdm
 
@@ -97,7 +99,10 @@ def sample(unet, scheduler, x: torch.Tensor, *, steps: int = 25, labels=None,
     x = x * scheduler.init_noise_sigma
     traj = Trajectory() if trajectory else None
     for i, t in enumerate(tqdm(scheduler.timesteps, disable=not progress, desc="sampling", leave=False)):
-        eps = predict_noise(unet, scheduler.scale_model_input(x, t), t, labels, guidance_scale)
+        if guide is not None:
+            x, eps = guide(x, t)
+        else:
+            eps = predict_noise(unet, scheduler.scale_model_input(x, t), t, labels, guidance_scale)
         out = scheduler.step(eps, t, x, **step_kwargs)
         x0 = getattr(out, "pred_original_sample", None)
         if traj is not None:

@@ -190,12 +190,9 @@ Judged by `coursekit.metrics.digit_judge()`, a classifier fit on real digits onl
 """
 
 
-def write_card(out: Path, name: str, steps: int, seconds: float, quality: dict) -> None:
-    """The model card README.md and recipe.json of the checkpoint in `out`."""
-    import diffusers
-
+def write_card(out: Path, name: str, unet, steps: int, seconds: float, quality: dict) -> None:
+    """The model card README.md and recipe.json of the checkpoint `unet` saved in `out`."""
     recipe = RECIPES[name]
-    unet = diffusers.UNet2DModel.from_pretrained(out / "unet")
     n_params = sum(p.numel() for p in unet.parameters())
     (out / "README.md").write_text(_card(name, recipe, n_params, seconds, steps, quality))
     (out / "recipe.json").write_text(json.dumps({**asdict(recipe), "name": name, "steps": steps,
@@ -209,7 +206,7 @@ def reevaluate(name: str, folder: str | os.PathLike | None = None, per_class: in
     done = json.loads((out / "recipe.json").read_text())
     unet, scheduler = load(out)
     quality = evaluate(unet, scheduler, RECIPES[name], per_class=per_class)
-    write_card(out, name, done["steps"], done["train_seconds"], quality)
+    write_card(out, name, unet, done["steps"], done["train_seconds"], quality)
     return quality
 
 
@@ -238,7 +235,7 @@ def train(name: str, out: str | os.PathLike | None = None, steps: int | None = N
     model = result.best
     model.save_pretrained(out / "unet")
     scheduler.save_pretrained(out / "scheduler")
-    write_card(out, name, steps, result.seconds, evaluate(model, scheduler, recipe) if evaluate_after else {})
+    write_card(out, name, model, steps, result.seconds, evaluate(model, scheduler, recipe) if evaluate_after else {})
     shutil.rmtree(work, ignore_errors=True)
     return out
 

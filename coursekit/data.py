@@ -26,27 +26,48 @@ def _digits():
     return images, digits.target.tolist(), [str(i) for i in range(10)]
 
 
-def _photo_crops(size: int = 32, window: int = 96, stride: int = 48):
-    """Square crops of the photos bundled with scikit-learn and matplotlib, resized to `size`."""
+def _bundled_photos() -> dict[str, np.ndarray]:
+    """RGB photos that ship inside scikit-learn, matplotlib and scikit-image (no download)."""
     import matplotlib.cbook
+    import skimage.data
     from sklearn.datasets import load_sample_images
 
-    sk = load_sample_images()
-    photos = dict(zip(["china", "flower"], sk.images))
+    photos = dict(zip(["china", "flower"], load_sample_images().images))
     with matplotlib.cbook.get_sample_data("grace_hopper.jpg") as f:
         photos["grace_hopper"] = np.asarray(Image.open(f).convert("RGB"))
+    for name in ("astronaut", "chelsea", "coffee", "rocket"):
+        photos[name] = getattr(skimage.data, name)()
+    return photos
+
+
+def _crops(photos: dict[str, np.ndarray], size: int = 32, windows=(64, 96, 128, 192)):
+    """Square crops at several scales (stride half the window) and their mirror images, resized
+    to `size`, labelled by the photo they come from."""
     images, labels = [], []
-    for label, (name, photo) in enumerate(photos.items()):
+    for label, photo in enumerate(photos.values()):
         h, w = photo.shape[:2]
-        for top in range(0, h - window + 1, stride):
-            for left in range(0, w - window + 1, stride):
-                crop = Image.fromarray(photo[top:top + window, left:left + window])
-                images.append(crop.resize((size, size), Image.Resampling.BICUBIC))
-                labels.append(label)
+        for window in windows:
+            stride = window // 2
+            for top in range(0, h - window + 1, stride):
+                for left in range(0, w - window + 1, stride):
+                    crop = Image.fromarray(photo[top:top + window, left:left + window])
+                    crop = crop.resize((size, size), Image.Resampling.BICUBIC)
+                    images += [crop, crop.transpose(Image.Transpose.FLIP_LEFT_RIGHT)]
+                    labels += [label, label]
     return images, labels, list(photos)
 
 
-SMALL: dict[str, Callable] = {"digits": _digits, "photo-crops": _photo_crops}
+def _photo_crops():
+    photos = _bundled_photos()
+    del photos["flower"]
+    return _crops(photos)
+
+
+def _flower_crops():
+    return _crops({"flower": _bundled_photos()["flower"]})
+
+
+SMALL: dict[str, Callable] = {"digits": _digits, "photo-crops": _photo_crops, "flower-crops": _flower_crops}
 
 
 @dataclass(frozen=True)
@@ -59,7 +80,7 @@ class HubDataset:
 
 FULL = {
     "mnist": HubDataset("ylecun/mnist", label="label", small="digits"),
-    "butterflies": HubDataset("huggan/smithsonian_butterflies_subset", small="photo-crops"),
+    "butterflies": HubDataset("huggan/smithsonian_butterflies_subset", small="flower-crops"),
     "wikiart": HubDataset("huggan/wikiart", label="style", small="photo-crops"),
 }
 
@@ -103,8 +124,9 @@ def _full(spec: HubDataset, split: str):
 def load(name: str, split: str = "train"):
     """A `datasets.Dataset` with columns `image` (and `label` where there is one).
 
-    Small track: 'digits' (scikit-learn's 8x8 digits, 10 classes) and 'photo-crops' (colour crops
-    of three bundled photos, labelled by photo). Full track: 'mnist', 'butterflies', 'wikiart'
+    Small track: 'digits' (scikit-learn's 8x8 digits, 10 classes), 'photo-crops' (32x32 colour
+    crops of six bundled photos, labelled by photo) and 'flower-crops' (crops of one orange flower
+    on a dark green ground, the set to fine-tune towards). Full track: 'mnist', 'butterflies', 'wikiart'
     or their Hub ids.
     """
     if name in SMALL:

@@ -177,3 +177,144 @@ def train_classifier(images: torch.Tensor, labels: torch.Tensor, *, steps: int =
         loss.backward()
         opt.step()
     return model.eval()
+
+
+CLIP_MODEL = "openai/clip-vit-base-patch32"
+_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+def load_clip(name: str = CLIP_MODEL, device: str = "cpu"):
+    """(model, tokenizer) of a transformers CLIP from a Hub id (pinned revision) or a local folder,
+    frozen, safetensors weights only. A full-track guide: no CLIP weights ship offline."""
+    import os
+
+    from transformers import CLIPModel, CLIPTokenizer
+
+    from . import hub
+
+    folder = name if os.path.isdir(name) else hub.fetch(
+        name, "on the small track guide with a classifier instead (coursekit.guidance.train_classifier)",
+        allow_patterns=["*.json", "*.txt", "*.safetensors"])
+    model = CLIPModel.from_pretrained(folder, use_safetensors=True).to(device).eval().requires_grad_(False)
+    return model, CLIPTokenizer.from_pretrained(folder)
+
+
+def _features(output):
+    return output if isinstance(output, torch.Tensor) else output.pooler_output
+
+
+def random_cutouts(images: torch.Tensor, size: int, cuts: int, generator: torch.Generator | None = None,
+                   min_share: float = 0.5) -> torch.Tensor:
+    """`cuts` random square crops of each image (side between `min_share` and all of the image),
+    randomly mirrored and resized to `size`: (cuts * N, C, size, size), differentiable.
+
+    CLIP judges the crops, not one fixed view, so guidance cannot satisfy it with a
+    pattern that only fools it at one position and scale (the adversarial-pixels problem)."""
+    n, _, h, w = images.shape
+    side_max = min(h, w)
+    out = []
+    for _ in range(cuts):
+        side = int(side_max * (min_share + (1 - min_share) * torch.rand(1, generator=generator).item()))
+        side = max(1, side)
+        top = int(torch.randint(0, h - side + 1, (1,), generator=generator))
+        left = int(torch.randint(0, w - side + 1, (1,), generator=generator))
+        crop = images[:, :, top:top + side, left:left + side]
+        if torch.rand(1, generator=generator).item() < 0.5:
+            crop = crop.flip(-1)
+        out.append(torch.nn.functional.interpolate(crop, size=(size, size), mode="bilinear", align_corners=False))
+    return torch.cat(out)
+
+
+def clip_loss(prompt: str, clip, *, cuts: int = 8, generator: torch.Generator | None = None):
+    """A loss on x0: the squared great-circle distance between CLIP's embedding of `prompt` and of
+    random cut-outs of each image, averaged over cut-outs and summed over the batch."""
+    model, tokenizer = clip
+    device = next(model.parameters()).device
+    with torch.no_grad():
+        tokens = tokenizer([prompt], padding=True, return_tensors="pt").to(device)
+        text = torch.nn.functional.normalize(_features(model.get_text_features(**tokens)), dim=-1)
+    size = model.config.vision_config.image_size
+    mean = torch.tensor(_CLIP_MEAN, device=device).view(1, 3, 1, 1)
+    std = torch.tensor(_CLIP_STD, device=device).view(1, 3, 1, 1)
+
+    def loss(x0):
+        if x0.shape[1] != 3:
+            raise SamplerError(f"CLIP guidance needs RGB images, got {x0.shape[1]} channel(s)")
+        crops = random_cutouts((x0.clamp(-1, 1) + 1) / 2, size, cuts, generator)
+        image = torch.nn.functional.normalize(_features(model.get_image_features(pixel_values=(crops - mean) / std)), dim=-1)
+        distance = (image - text).norm(dim=-1).div(2).arcsin().pow(2).mul(2)
+        return distance.view(cuts, len(x0)).mean(0).sum()
+
+    return loss
+
+
+def parse_colour(colour) -> tuple[float, float, float]:
+    """An RGB triple in 0..1 from '#rrggbb', 'rgb(r, g, b)' / 'rgba(...)' (0..255) or a triple in 0..1."""
+    import re
+
+    if isinstance(colour, str):
+        text = colour.strip().lower()
+        if re.fullmatch(r"#[0-9a-f]{6}", text):
+            return tuple(int(text[i:i + 2], 16) / 255 for i in (1, 3, 5))
+        m = re.fullmatch(r"rgba?\(\s*([\d.]+)\s*,\s*([\d.]+)\s*,\s*([\d.]+)\s*(,\s*[\d.]+\s*)?\)", text)
+        if m:
+            return tuple(min(float(v), 255.0) / 255 for v in m.groups()[:3])
+        raise SamplerError(f"cannot read the colour {colour!r}; use '#rrggbb', 'rgb(r, g, b)' or three numbers in 0..1")
+    values = tuple(float(v) for v in colour)
+    if len(values) != 3 or not all(0 <= v <= 1 for v in values):
+        raise SamplerError(f"a colour is three numbers in 0..1 (R, G, B), got {colour!r}")
+    return values
+
+
+def colour_guided_grid(unet, scheduler, colour, scale: float, *, seed: int = 0, n: int = 8, steps: int = 20,
+                       through_unet: bool = False):
+    """`n` samples guided toward `colour` at `scale`, as one PIL grid with a swatch of the target
+    beside them; what the demo shows for one press of its button."""
+    from PIL import Image
+
+    from . import viz
+
+    rgb = parse_colour(colour)
+    g = torch.Generator().manual_seed(int(seed))
+    x = sample(unet, scheduler, samplers.noise(unet, n, g), colour_loss(rgb), scale=float(scale), steps=steps,
+               through_unet=through_unet, generator=g, progress=False)
+    grid = viz.image_grid(x, nrow=n, scale=max(1, 64 // unet.config.sample_size))
+    swatch = Image.new("RGB", (grid.height, grid.height), tuple(round(v * 255) for v in rgb))
+    out = Image.new("RGB", (grid.width + swatch.width + 8, grid.height), "white")
+    out.paste(swatch, (0, 0))
+    out.paste(grid.convert("RGB"), (swatch.width + 8, 0))
+    return out
+
+
+def colour_demo(unet, scheduler, *, steps: int = 20, n: int = 8, max_scale: float = 100.0):
+    """A Gradio app for colour-guided sampling: colour picker, guidance scale, seed -> samples.
+
+    Its prediction function is `app.fn` (callable without a server); start it with
+    `launch_demo(app)`, which serves on localhost only unless `share=True` is asked for.
+    """
+    try:
+        import gradio as gr
+    except ImportError:
+        raise ImportError("the demo needs Gradio: pip install 'coursekit[demo]' (or pip install gradio)") from None
+    if unet.config.in_channels != 3:
+        raise SamplerError("the colour demo needs an RGB model (3 channels)")
+
+    def predict(colour, scale, seed):
+        return colour_guided_grid(unet, scheduler, colour, scale, seed=seed, n=n, steps=steps)
+
+    return gr.Interface(
+        fn=predict,
+        inputs=[gr.ColorPicker(value="#2060ff", label="target colour"),
+                gr.Slider(0, max_scale, value=max_scale / 4, label="guidance scale"),
+                gr.Number(value=0, precision=0, label="seed")],
+        outputs=gr.Image(type="pil", label="swatch and samples"),
+        title="Colour guidance",
+        description="Each sampling step nudges the image toward the colour (coursekit.guidance.sample).",
+        flagging_mode="never",
+    )
+
+
+def launch_demo(app, share: bool = False, **kwargs):
+    """Serve a demo on 127.0.0.1; a public share link only when `share=True`."""
+    return app.launch(server_name="127.0.0.1", share=share, **kwargs)

@@ -21,6 +21,7 @@ MODELS = (
     "johnowhitaker/ddpm-butterflies-32px",
     "stable-diffusion-v1-5/stable-diffusion-v1-5",
     "teticio/audio-diffusion-instrumental-hiphop-256",
+    "openai/clip-vit-base-patch32",
 )
 DATASETS = (
     "huggan/smithsonian_butterflies_subset",
@@ -52,6 +53,27 @@ def revision(repo_id: str) -> str:
         stacklevel=2,
     )
     return "main"
+
+
+class HubUnavailable(ValueError):
+    """A full-track repo is neither cached nor reachable; the message says what to use instead."""
+
+
+def fetch(repo_id: str, instead: str, **snapshot_kwargs) -> Path:
+    """A local snapshot of `repo_id` at its pinned revision (from the cache when offline).
+
+    Fails fast, naming `instead` (the small-track alternative), when the repo is not cached and
+    the Hub cannot be reached, rather than hanging on the network.
+    """
+    from huggingface_hub import snapshot_download
+
+    from . import tracks
+
+    if not tracks.is_cached(repo_id) and not tracks.hub_reachable():
+        why = "HF_HUB_OFFLINE is set" if tracks.hub_offline_flag() else "the Hub is unreachable"
+        raise HubUnavailable(f"{repo_id} is not in the Hugging Face cache and {why}; {instead}, "
+                             "or fetch it first on a machine with network access")
+    return Path(snapshot_download(repo_id, revision=revision(repo_id), **snapshot_kwargs))
 
 
 def pin(repos: tuple[str, ...] = MODELS + DATASETS) -> dict[str, str]:

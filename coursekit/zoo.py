@@ -46,11 +46,13 @@ class Recipe:
     seed: int = 0
     eval_steps: int = 25
     eval_guidance: float = 1.0
+    conditioning: str = "embedding"
+    num_classes: int | None = None
     extra: dict = field(default_factory=dict)
 
     @property
     def conditional(self) -> bool:
-        return self.unet.get("num_class_embeds") is not None
+        return self.num_classes is not None
 
 
 _DIGITS_UNET = dict(
@@ -67,10 +69,23 @@ RECIPES = {
     "digits-cond": Recipe(
         description="Class-conditional 16x16 digits with classifier-free guidance "
                     "(class embedding added to the timestep embedding; label 10 means 'no class').",
-        dataset="digits", size=16, channels=1, unet={**_DIGITS_UNET, "num_class_embeds": 11},
+        dataset="digits", size=16, channels=1, unet=_DIGITS_UNET, num_classes=10,
         steps=1500, p_uncond=0.15, eval_guidance=1.5,
     ),
+    "digits-channels": Recipe(
+        description="Class-conditional 16x16 digits with classifier-free guidance, conditioned through "
+                    "4 extra input channels holding a learned embedding of the label (label 10 means 'no class').",
+        dataset="digits", size=16, channels=1, unet=_DIGITS_UNET, num_classes=10, conditioning="channels",
+        steps=1500, p_uncond=0.15, eval_guidance=1.5,
+    ),
+    "photos": Recipe(
+        description="Unconditional 16x16 colour photo crops (six photos bundled with scikit-learn, "
+                    "matplotlib and scikit-image); the starting point for fine-tuning on flower crops.",
+        dataset="photo-crops", size=16, channels=3, unet=_DIGITS_UNET, steps=1500,
+    ),
 }
+
+CHANNELS_FILE = "class_channels.safetensors"
 
 
 def names() -> list[str]:
@@ -82,9 +97,15 @@ def build(recipe: Recipe):
     import torch
     from diffusers import DDPMScheduler, UNet2DModel
 
+    from .guidance import class_channels_unet
+
     torch.manual_seed(recipe.seed)
-    unet = UNet2DModel(sample_size=recipe.size, in_channels=recipe.channels,
-                       out_channels=recipe.channels, **recipe.unet)
+    if recipe.conditioning == "channels":
+        unet = class_channels_unet(recipe.size, recipe.channels, recipe.num_classes, **recipe.unet)
+    else:
+        extra = {"num_class_embeds": recipe.num_classes + 1} if recipe.conditional else {}
+        unet = UNet2DModel(sample_size=recipe.size, in_channels=recipe.channels,
+                           out_channels=recipe.channels, **recipe.unet, **extra)
     scheduler = DDPMScheduler(num_train_timesteps=1000, beta_schedule=recipe.beta_schedule)
     return unet, scheduler
 
@@ -100,17 +121,14 @@ def _resolve(name: str | os.PathLike) -> Path:
         return Path(name)
     name = str(name)
     if name.count("/") == 1 and not name.startswith((".", "/")):
-        from huggingface_hub import snapshot_download
+        from . import hub
 
-        from . import hub, tracks
-
-        if not tracks.is_cached(name) and not tracks.hub_reachable():
-            why = "HF_HUB_OFFLINE is set" if tracks.hub_offline_flag() else "the Hub is unreachable"
-            raise ZooError(f"{name} is not in the Hugging Face cache and {why}; use a zoo model "
-                           f"({', '.join(names())}) or fetch it first on a machine with network access")
-        return Path(snapshot_download(name, revision=hub.revision(name),
-                                      allow_patterns=["*.json", "*.safetensors", "unet/*", "scheduler/*"],
-                                      ignore_patterns=["*.bin", "*.ckpt", "*.pt", "*.msgpack", "*.onnx"]))
+        try:
+            return hub.fetch(name, f"use a zoo model ({', '.join(names())})",
+                             allow_patterns=["*.json", "*.safetensors", "unet/*", "scheduler/*"],
+                             ignore_patterns=["*.bin", "*.ckpt", "*.pt", "*.msgpack", "*.onnx"])
+        except hub.HubUnavailable as e:
+            raise ZooError(str(e)) from None
     raise ZooError(f"unknown model {name!r}: not a zoo name ({', '.join(names())}), "
                    "not a folder, and not a Hub id of the form 'org/name'")
 
@@ -134,6 +152,8 @@ def load(name: str | os.PathLike, device: str = "cpu"):
     config = json.loads((unet_dir / "config.json").read_text())
     unet_cls = getattr(diffusers, config.get("_class_name", "UNet2DModel"))
     unet = unet_cls.from_pretrained(unet_dir, use_safetensors=True).to(device).eval()
+    if (folder / CHANNELS_FILE).exists():
+        unet = _load_channels(unet, folder / CHANNELS_FILE).to(device).eval()
     sched_file = sched_dir / "scheduler_config.json"
     if not sched_file.exists():
         raise ZooError(f"{folder} has no scheduler_config.json (looked in scheduler/ and the top level)")
@@ -142,15 +162,52 @@ def load(name: str | os.PathLike, device: str = "cpu"):
     return unet, scheduler
 
 
+def save(unet, scheduler, folder: str | os.PathLike) -> Path:
+    """Write a model in the layout `load` reads: unet/, scheduler/, and for class-channel models
+    the label embedding beside them in class_channels.safetensors."""
+    from safetensors.torch import save_file
+
+    from .guidance import ClassChannelsUNet
+
+    folder = Path(folder)
+    inner = unet.unet if isinstance(unet, ClassChannelsUNet) else unet
+    inner.save_pretrained(folder / "unet")
+    scheduler.save_pretrained(folder / "scheduler")
+    if isinstance(unet, ClassChannelsUNet):
+        save_file({"embed.weight": unet.embed.weight.detach().contiguous()}, folder / CHANNELS_FILE,
+                  metadata={"num_classes": str(unet.config.num_class_embeds - 1), "embed_dim": str(unet.config.embed_dim)})
+    return folder
+
+
+def _load_channels(inner, path: Path):
+    from safetensors import safe_open
+
+    from .guidance import ClassChannelsUNet
+
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata()
+        weight = f.get_tensor("embed.weight")
+    model = ClassChannelsUNet(inner, int(meta["num_classes"]), int(meta["embed_dim"]))
+    model.embed.load_state_dict({"weight": weight})
+    return model
+
+
 def evaluate(unet, scheduler, recipe: Recipe, per_class: int = 50, seed: int = 1) -> dict:
     """Measured quality with the independent digit classifier (coursekit.metrics)."""
     import torch
 
     from . import metrics, samplers
 
-    judge = metrics.digit_judge(recipe.size)
     g = torch.Generator().manual_seed(seed)
     n = per_class * 10
+    if recipe.dataset != "digits":
+        from . import data
+
+        x = samplers.ddim(unet, scheduler, samplers.noise(unet, n, g), steps=recipe.eval_steps, generator=g, progress=False)
+        real, _ = data.tensors(data.load(recipe.dataset), recipe.size, recipe.channels)
+        return {"samples": n, "sampler": f"DDIM, {recipe.eval_steps} steps, eta 0",
+                f"pixel_fd to {recipe.dataset}": round(metrics.pixel_fd(x, real), 3)}
+    judge = metrics.digit_judge(recipe.size)
     labels = torch.arange(10).repeat_interleave(per_class) if recipe.conditional else None
     x = samplers.ddim(unet, scheduler, samplers.noise(unet, n, g), steps=recipe.eval_steps,
                       labels=labels, guidance_scale=recipe.eval_guidance, generator=g, progress=False)
@@ -167,6 +224,10 @@ def _card(name: str, recipe: Recipe, n_params: int, seconds: float, steps: int, 
     rows = "\n".join(f"| {k} | {v} |" for k, v in quality.items())
     sweep = (f" The guidance scale ({recipe.eval_guidance}) was chosen by sweeping it after training; "
              "re-measure with `python -m coursekit.zoo evaluate " + name + "`." if recipe.conditional else "")
+    model = ("diffusers `UNet2DModel` inside `coursekit.guidance.ClassChannelsUNet` (label embedding in "
+             f"`{CHANNELS_FILE}`)" if recipe.conditioning == "channels" else "diffusers `UNet2DModel`")
+    judged = ("Judged by `coursekit.metrics.digit_judge()`, a classifier fit on real digits only." if recipe.dataset == "digits"
+              else f"`coursekit.metrics.pixel_fd` between samples and the training set (lower is closer).")
     return f"""---
 library_name: diffusers
 tags: [coursekit, diffusion, small-track]
@@ -176,13 +237,13 @@ tags: [coursekit, diffusion, small-track]
 {recipe.description}
 
 - **Data**: `coursekit.data.load({recipe.dataset!r})`, {recipe.size}x{recipe.size}, {recipe.channels} channel(s), values in [-1, 1].
-- **Model**: diffusers `UNet2DModel`, {n_params:,} parameters; `DDPMScheduler` with the `{recipe.beta_schedule}` schedule, 1000 training steps.
+- **Model**: {model}, {n_params:,} parameters; `DDPMScheduler` with the `{recipe.beta_schedule}` schedule, 1000 training steps.
 - **Recipe**: {steps} optimizer steps, batch {recipe.batch_size}, AdamW lr {recipe.lr} (cosine, {recipe.warmup} warm-up steps), EMA {recipe.ema_decay}, label dropout {recipe.p_uncond}, seed {recipe.seed}. Full recipe: `coursekit.zoo.RECIPES[{name!r}]`.
 - **Training time**: {seconds / 60:.1f} minutes on {platform.machine()} CPU, one torch thread.
 - **Reproduce**: `python -m coursekit.zoo train {name}`
 
 ## Measured quality
-Judged by `coursekit.metrics.digit_judge()`, a classifier fit on real digits only.{sweep}
+{judged}{sweep}
 
 | measure | value |
 | --- | --- |
@@ -233,8 +294,7 @@ def train(name: str, out: str | os.PathLike | None = None, steps: int | None = N
                             p_uncond=recipe.p_uncond, seed=recipe.seed, out_dir=work,
                             progress=progress)
     model = result.best
-    model.save_pretrained(out / "unet")
-    scheduler.save_pretrained(out / "scheduler")
+    save(model, scheduler, out)
     write_card(out, name, model, steps, result.seconds, evaluate(model, scheduler, recipe) if evaluate_after else {})
     shutil.rmtree(work, ignore_errors=True)
     return out

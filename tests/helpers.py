@@ -43,3 +43,28 @@ def fake_hub_snapshot(cache: Path, repo_id: str, revision: str, kind: str = "mod
     (repo / "refs").mkdir()
     (repo / "refs" / "main").write_text(revision)
     return snap
+
+
+def save_tiny_clip(folder):
+    """A randomly initialised, tiny transformers CLIP and a byte-level tokenizer with no merges,
+    saved in the Hub's layout, for testing the CLIP guide offline."""
+    import json
+    from pathlib import Path
+
+    from transformers import CLIPConfig, CLIPModel, CLIPTokenizer
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    chars = [chr(b) for b in printable] + [chr(256 + i) for i in range(256 - len(printable))]
+    vocab = {tok: i for i, tok in enumerate(chars + [c + "</w>" for c in chars] + ["<|startoftext|>", "<|endoftext|>"])}
+    (folder / "vocab.json").write_text(json.dumps(vocab))
+    (folder / "merges.txt").write_text("#version: 0.2\n")
+    torch.manual_seed(0)
+    small = dict(hidden_size=16, intermediate_size=32, num_attention_heads=2, num_hidden_layers=1)
+    config = CLIPConfig(text_config=dict(vocab_size=len(vocab), max_position_embeddings=32, **small,
+                                         bos_token_id=vocab["<|startoftext|>"], eos_token_id=vocab["<|endoftext|>"]),
+                        vision_config=dict(image_size=32, patch_size=8, **small), projection_dim=8)
+    CLIPModel(config).save_pretrained(folder, safe_serialization=True)
+    CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt")).save_pretrained(folder)
+    return folder

@@ -20,7 +20,21 @@ def test_photo_crops_are_a_colour_set_with_the_same_columns():
     assert ds.column_names == ["image", "label"]
     assert len(ds) > 200
     assert ds[0]["image"].mode == "RGB" and ds[0]["image"].size == (32, 32)
-    assert ds.features["label"].names == ["china", "flower", "grace_hopper"]
+    assert ds.features["label"].names == ["china", "grace_hopper", "astronaut", "chelsea", "coffee", "rocket"]
+
+
+def test_flower_crops_differ_visibly_from_the_photo_crops():
+    """The fine-tuning target: one photo's crops, with colour statistics unlike the pretraining set's."""
+    from coursekit import metrics
+
+    flowers, photos = data.load("flower-crops"), data.load("photo-crops")
+    assert flowers.features["label"].names == ["flower"] and len(flowers) > 500
+    assert flowers[0]["image"].size == (32, 32)
+    x_f, _ = data.tensors(flowers, 16, 3)
+    x_p, _ = data.tensors(photos, 16, 3)
+    half = x_f[torch.randperm(len(x_f), generator=torch.Generator().manual_seed(0))]
+    within = metrics.pixel_fd(half[: len(half) // 2], half[len(half) // 2:])
+    assert metrics.pixel_fd(x_p[::4], x_f) > 5 * within
 
 
 def test_to_tensor_scales_to_minus_one_one_and_back():
@@ -68,7 +82,7 @@ def test_unknown_dataset_lists_the_known_ones():
 def test_full_track_dataset_offline_suggests_the_small_equivalent():
     with pytest.raises(data.DataError, match=r"ylecun/mnist .*HF_HUB_OFFLINE.*data.load\('digits'\)"):
         data.load("mnist")
-    with pytest.raises(data.DataError, match=r"photo-crops"):
+    with pytest.raises(data.DataError, match=r"flower-crops"):
         data.load("huggan/smithsonian_butterflies_subset")
 
 

@@ -139,3 +139,71 @@ def test_trained_guide_classifier_learns_the_digits():
     with torch.no_grad():
         accuracy = (clf(x[1200:]).argmax(1) == y[1200:]).float().mean().item()
     assert accuracy > 0.8
+
+
+@pytest.fixture(scope="module")
+def tiny_clip(tmp_path_factory):
+    from tests.helpers import save_tiny_clip
+
+    return guidance.load_clip(str(save_tiny_clip(tmp_path_factory.mktemp("clip"))))
+
+
+def test_random_cutouts_have_the_size_clip_expects_and_carry_gradients():
+    x = torch.rand(3, 3, 16, 12, requires_grad=True)
+    cuts = guidance.random_cutouts(x, 32, 5, torch.Generator().manual_seed(0))
+    assert cuts.shape == (15, 3, 32, 32)
+    cuts.sum().backward()
+    assert x.grad.abs().sum() > 0
+    again = guidance.random_cutouts(x, 32, 5, torch.Generator().manual_seed(0))
+    torch.testing.assert_close(again, cuts)
+
+
+def test_clip_guidance_lowers_the_clip_loss(tiny_clip):
+    """On a tiny random CLIP loaded through the same loader as the Hub model: guided samples score
+    better on the guide's own loss than unguided ones from the same noise."""
+    unet, sched = tiny_unet(channels=3), samplers.scheduler_named("ddim", tiny_scheduler())
+    noise = torch.randn(4, 3, 8, 8, generator=torch.Generator().manual_seed(3))
+    make = lambda: guidance.clip_loss("an orange flower", tiny_clip, cuts=4, generator=torch.Generator().manual_seed(0))
+    plain = samplers.ddim(unet, sched, noise, steps=8, progress=False)
+    guided = guidance.sample(unet, sched, noise, make(), scale=20.0, steps=8, progress=False)
+    with torch.no_grad():
+        assert make()(guided) < make()(plain)
+
+
+def test_clip_guide_is_refused_clearly_offline_and_on_grey_images(tiny_clip):
+    with pytest.raises(ValueError, match="not in the Hugging Face cache.*classifier"):
+        guidance.load_clip("openai/clip-vit-base-patch32")
+    with pytest.raises(samplers.SamplerError, match="RGB"):
+        guidance.clip_loss("a cat", tiny_clip)(torch.zeros(1, 1, 8, 8))
+
+
+@pytest.mark.parametrize("text, rgb", [("#ff8000", (1.0, 128 / 255, 0.0)), ("rgba(255, 128, 0, 1)", (1.0, 128 / 255, 0.0)),
+                                       ("rgb(0,0,255)", (0.0, 0.0, 1.0)), ((0.2, 0.4, 0.6), (0.2, 0.4, 0.6))])
+def test_parse_colour_reads_what_colour_pickers_return(text, rgb):
+    assert guidance.parse_colour(text) == pytest.approx(rgb)
+
+
+@pytest.mark.parametrize("bad", ["orange", "#ff80", (1, 2, 3), (0.5, 0.5)])
+def test_parse_colour_refuses_what_it_cannot_read(bad):
+    with pytest.raises(samplers.SamplerError, match="colour"):
+        guidance.parse_colour(bad)
+
+
+def test_colour_demo_predicts_without_a_server_and_serves_on_localhost(monkeypatch):
+    import numpy as np
+
+    unet, sched = tiny_unet(channels=3), samplers.scheduler_named("ddim", tiny_scheduler())
+    app = guidance.colour_demo(unet, sched, steps=4, n=3)
+    shown = app.fn("#ff0000", 40.0, 1)
+    expected = guidance.colour_guided_grid(unet, sched, "#ff0000", 40.0, seed=1, n=3, steps=4)
+    assert np.array_equal(np.asarray(shown), np.asarray(expected))
+    unguided = guidance.colour_guided_grid(unet, sched, "#ff0000", 0.0, seed=1, n=3, steps=4)
+    samples = lambda im: np.asarray(im)[:, im.height + 8:].reshape(-1, 3).mean(0) / 255
+    red = np.array([1.0, 0.0, 0.0])
+    assert np.linalg.norm(samples(shown) - red) < np.linalg.norm(samples(unguided) - red)
+    launched = {}
+    monkeypatch.setattr(app, "launch", lambda **kw: launched.update(kw))
+    guidance.launch_demo(app)
+    assert launched["server_name"] == "127.0.0.1" and launched["share"] is False
+    with pytest.raises(samplers.SamplerError, match="RGB"):
+        guidance.colour_demo(tiny_unet(channels=1), sched)

@@ -57,6 +57,14 @@ def noisy_batch(scheduler, x0: torch.Tensor, generator: torch.Generator):
     return scheduler.add_noise(x0, eps, t), t, eps
 
 
+def drop_labels(labels: torch.Tensor, p: float, null: int, generator: torch.Generator) -> torch.Tensor:
+    """Label dropout for classifier-free guidance: each label becomes `null` with probability p,
+    so one network learns both the conditional and the unconditional noise estimate."""
+    labels = labels.clone()
+    labels[torch.rand(len(labels), generator=generator) < p] = null
+    return labels
+
+
 def _save_checkpoint(folder: Path, unet, ema, scheduler, optimizer, lr_sched, step, losses):
     from safetensors.torch import save_file
 
@@ -145,11 +153,7 @@ def train(unet, scheduler, images: torch.Tensor, labels: torch.Tensor | None = N
             g = step_generator(seed, step * grad_accum + micro)
             idx = batch_indices(len(images), batch_size, step * grad_accum + micro, seed, rank, world)
             x_t, t, eps = noisy_batch(scheduler, images[idx], g)
-            y = None
-            if labels is not None:
-                y = labels[idx].clone()
-                y[torch.rand(len(y), generator=g) < p_uncond] = null
-                y = y.to(device)
+            y = None if labels is None else drop_labels(labels[idx], p_uncond, null, g).to(device)
             with accelerator.accumulate(model):
                 pred = model(x_t.to(device), t.to(device), class_labels=y).sample
                 loss = F.mse_loss(pred, eps.to(device))

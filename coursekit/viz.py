@@ -77,16 +77,21 @@ def schedule_plot(schedules: dict[str, Sequence[float]]):
     return fig
 
 
-def loss_curve(losses: Sequence[float], smooth: int = 25, title: str = "training loss"):
-    """The loss per step (faint) with a running mean over `smooth` steps."""
+def loss_curve(losses, smooth: int = 25, title: str = "training loss"):
+    """The loss per step (faint) with a running mean over `smooth` steps; pass a dict
+    {name: losses} to compare several runs on one plot."""
     import matplotlib.pyplot as plt
 
-    losses = np.asarray(losses, dtype=np.float64)
+    runs = losses if isinstance(losses, dict) else {"": losses}
     fig, ax = plt.subplots(figsize=(6, 3))
-    ax.plot(losses, alpha=0.3, label="per step")
-    if len(losses) >= smooth > 1:
-        mean = np.convolve(losses, np.ones(smooth) / smooth, mode="valid")
-        ax.plot(np.arange(smooth - 1, len(losses)), mean, label=f"mean of {smooth}")
+    for i, (name, run) in enumerate(runs.items()):
+        run = np.asarray(run, dtype=np.float64)
+        colour = f"C{i}"
+        ax.plot(run, alpha=0.25, color=colour, label=None if name else "per step")
+        if len(run) >= smooth > 1:
+            mean = np.convolve(run, np.ones(smooth) / smooth, mode="valid")
+            ax.plot(np.arange(smooth - 1, len(run)), mean, color=colour,
+                    label=f"{name}, mean of {smooth}" if name else f"mean of {smooth}")
     ax.set(xlabel="step", ylabel="MSE on the noise", title=title, yscale="log")
     ax.legend()
     fig.tight_layout()

@@ -31,6 +31,9 @@ def test_plots_return_figures():
     assert [t.get_text() for t in (ax.title for ax in fig.axes[:4])] == ["t=830", "t=498", "t=332", "t=0"]
     assert len(viz.schedule_plot({"cos": sched.alphas_cumprod}).axes) == 2
     assert viz.loss_curve(list(np.linspace(1, 0.1, 100))).axes[0].get_yscale() == "log"
+    both = viz.loss_curve({"a": np.linspace(1, 0.1, 100), "b": np.linspace(2, 0.2, 100)}, smooth=10)
+    labels = [line.get_label() for line in both.axes[0].get_lines()]
+    assert "a, mean of 10" in labels and "b, mean of 10" in labels
 
 
 def test_digit_judge_is_accurate_on_real_digits_and_fooled_by_nothing():

@@ -128,7 +128,7 @@ def digits_cond_accuracy() -> dict:
             "setting": f"{quality['samples']} samples, {quality['sampler']}, guidance {quality['guidance_scale']}"}
 
 
-def classifier_guidance_success(scale: float = 0.5, per_class: int = 10) -> dict:
+def classifier_guidance_success(per_class: int = 10) -> dict:
     """Unconditional digits steered to a class by a small guide classifier's -log p(y | x0),
     the gradient taken through the UNet; success judged by the independent classifier."""
     from coursekit import data, guidance, metrics
@@ -139,6 +139,7 @@ def classifier_guidance_success(scale: float = 0.5, per_class: int = 10) -> dict
         p.requires_grad_(False)
     unet, scheduler = zoo.load("digits-uncond")
     ddim = samplers.scheduler_named("ddim", scheduler)
+    scale = notebook_setting(UNIT2_GUIDE, "classifier_scale")
     labels = torch.arange(10).repeat(per_class)
     noise = samplers.noise(unet, len(labels), torch.Generator().manual_seed(3))
     judge = metrics.digit_judge(16)
@@ -153,12 +154,102 @@ def classifier_guidance_success(scale: float = 0.5, per_class: int = 10) -> dict
             "setting": f"digits-uncond, DDIM 25 steps, {len(labels)} samples, scale {scale}"}
 
 
+def notebook_setting(notebook: str, key: str, track: int = 0):
+    """The small-track (track 0) value of `key` in a notebook's `tracks.Settings(...)` cell, read
+    from the notebook itself so that a figure measured "at the notebook's setting" follows it."""
+    import ast
+
+    import nbformat
+
+    nb = nbformat.read(ROOT / "units" / notebook, as_version=4)
+    source = next(c.source for c in nb.cells if c.cell_type == "code" and "tracks.Settings(" in c.source)
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Call) and getattr(node.func, "attr", None) == "Settings":
+            for kw in node.keywords:
+                if kw.arg == key:
+                    return ast.literal_eval(kw.value)[track]
+    raise KeyError(f"{notebook} has no setting {key!r}")
+
+
+UNIT2_GUIDE = "unit2/01_finetuning_and_guidance.ipynb"
+UNIT2_COND = "unit2/02_class_conditioned.ipynb"
+
+
+def finetune_gain(n: int = 256) -> dict:
+    """pixel_fd of samples to the new dataset before fine-tuning over after, with the notebook's
+    fine-tuning settings, through the same coursekit.finetune.finetune the notebook calls."""
+    from coursekit import data, finetune, metrics
+
+    get = lambda key: notebook_setting(UNIT2_GUIDE, key)
+    model, dataset, size = get("model"), get("dataset"), get("image_size")
+    real, _ = data.tensors(data.load(dataset), size, 3)
+    noise = samplers.noise(zoo.load(model)[0], n, torch.Generator().manual_seed(5))
+
+    def fd(unet, scheduler):
+        return metrics.pixel_fd(samplers.ddim(unet, scheduler, noise, steps=get("ddim_steps"), progress=False), real)
+
+    before = fd(*zoo.load(model))
+    with tempfile.TemporaryDirectory() as tmp:
+        began = time.perf_counter()
+        folder = finetune.finetune(model, dataset, tmp, steps=get("finetune_steps"), batch_size=get("batch_size"),
+                                   grad_accum=get("grad_accum"), lr=get("lr"), resize=True,
+                                   sample_every=10**9, progress=False)
+        seconds = time.perf_counter() - began
+        after = fd(*zoo.load(folder))
+    value = before / after
+    return {"value": value, "target": "> 1", "unit": "ratio", "met": value > 1,
+            "pixel_fd_before": before, "pixel_fd_after": after, "finetune_seconds": seconds,
+            "setting": f"{model} -> {dataset}, {get('finetune_steps')} steps of {get('batch_size')}x{get('grad_accum')}, "
+                       f"{n} samples, DDIM {get('ddim_steps')} steps"}
+
+
+def colour_guidance_gain(n: int = 64) -> dict:
+    """Mean-colour distance to the target at the notebook's scale over unguided, same noise."""
+    from coursekit import guidance
+
+    get = lambda key: notebook_setting(UNIT2_GUIDE, key)
+    unet, scheduler = zoo.load(get("model"))
+    ddim = samplers.scheduler_named("ddim", scheduler)
+    colour, scale = get("colour"), get("colour_scale")
+    noise = samplers.noise(unet, n, torch.Generator().manual_seed(6))
+    out = {}
+    for name, s, through in (("unguided", 0.0, False), ("x_only", scale, False), ("through_unet", scale, True)):
+        x = guidance.sample(unet, ddim, noise, guidance.colour_loss(colour), scale=s, steps=get("ddim_steps"),
+                            through_unet=through, progress=False)
+        out[name] = guidance.mean_colour_distance(x, colour)
+    value = out["x_only"] / out["unguided"]
+    return {"value": value, "target": "<= 0.5", "unit": "ratio", "met": value <= 0.5,
+            "through_unet_ratio": out["through_unet"] / out["unguided"], "unguided_distance": out["unguided"],
+            "setting": f"{get('model')}, colour {colour}, scale {scale} (gradient through x only), {n} samples"}
+
+
+def cfg_accuracy(per_class: int = 50) -> dict:
+    """The independent judge's accuracy on digits-cond samples at the class-conditioning notebook's scale."""
+    from coursekit import metrics
+
+    scale = notebook_setting(UNIT2_COND, "guidance_scale")
+    steps = notebook_setting(UNIT2_COND, "ddim_steps")
+    unet, scheduler = zoo.load("digits-cond")
+    labels = torch.arange(10).repeat_interleave(per_class)
+    g = torch.Generator().manual_seed(7)
+    x = samplers.ddim(unet, scheduler, samplers.noise(unet, len(labels), g), steps=steps, labels=labels,
+                      guidance_scale=scale, progress=False)
+    judge = metrics.digit_judge(16)
+    value = judge.accuracy(x, labels)
+    return {"value": value, "target": ">= 0.95", "unit": "share", "met": value >= 0.95,
+            "diversity": judge.diversity(x, labels),
+            "setting": f"digits-cond, guidance {scale}, DDIM {steps} steps, {len(labels)} samples"}
+
+
 FIGURES = {
     "ddim_vs_diffusers": ddim_vs_diffusers,
     "cfg_batched_vs_naive": cfg_batched_vs_naive,
     "first_image_s": first_image_s,
     "digits_cond_accuracy": digits_cond_accuracy,
     "classifier_guidance_success": classifier_guidance_success,
+    "finetune_gain": finetune_gain,
+    "colour_guidance_gain": colour_guidance_gain,
+    "cfg_accuracy": cfg_accuracy,
 }
 
 

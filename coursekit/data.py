@@ -7,6 +7,7 @@ they load offline; full-track sets come from the Hub at a pinned revision.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Callable, Sequence
 
 import numpy as np
@@ -89,7 +90,9 @@ def names() -> list[str]:
     return sorted(SMALL) + sorted(FULL) + sorted(d.repo for d in FULL.values())
 
 
+@lru_cache(maxsize=None)
 def _small(name: str):
+    """Built once per process: datasets are immutable, and building one encodes every image."""
     from datasets import ClassLabel, Dataset, Features
     from datasets import Image as ImageFeature
 
@@ -130,7 +133,7 @@ def load(name: str, split: str = "train"):
     or their Hub ids.
     """
     if name in SMALL:
-        return _small(name)
+        return _small(name).with_format(None)  # a fresh object: set_format on it cannot touch the cache
     spec = FULL.get(name) or next((d for d in FULL.values() if d.repo == name), None)
     if spec is None:
         raise DataError(f"unknown dataset {name!r}; known: {', '.join(names())}")

@@ -54,6 +54,8 @@ def finetune(model: str, dataset: str, out: str | Path, *, steps: int = 300, bat
         x = samplers.ddim(model, scheduler, noise.to(model.device), steps=25, progress=False)
         viz.image_grid(x, scale=max(1, 64 // unet.config.sample_size)).save(out / "samples" / f"step_{step:05d}.png")
 
+    if not (out / "checkpoint").exists():
+        log_samples(0, [], unet)
     result = train.train(unet, scheduler, images, steps=steps, batch_size=batch_size, grad_accum=grad_accum,
                          lr=lr, warmup=min(50, steps // 10), seed=seed, out_dir=out, callback=log_samples,
                          every=sample_every, progress=progress)

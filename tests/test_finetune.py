@@ -25,8 +25,11 @@ def test_finetunes_logs_and_resumes(tmp_path, capsys):
     finetune.main(args + ["--steps", "2"])
     assert "fine-tuned model" in capsys.readouterr().out
     assert (tmp_path / "samples" / "step_00002.png").exists() and (tmp_path / "loss.png").exists()
+    assert (tmp_path / "samples" / "step_00000.png").exists(), "a grid from before fine-tuning, to compare"
     assert torch.load(tmp_path / "checkpoint" / "state.pt", weights_only=True)["step"] == 2
+    (tmp_path / "samples" / "step_00000.png").unlink()
     finetune.main(args + ["--steps", "4"])
+    assert not (tmp_path / "samples" / "step_00000.png").exists(), "a resumed run does not redraw the start"
     state = torch.load(tmp_path / "checkpoint" / "state.pt", weights_only=True)
     assert state["step"] == 4 and len(state["losses"]) == 4
     assert "resuming from" in capsys.readouterr().out

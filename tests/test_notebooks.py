@@ -96,3 +96,81 @@ def test_notebook_conventions(path):
     assert "widgets" not in nb.metadata, "no saved widget state"
     settings = [c for c in nb.cells if c.cell_type == "code" and "tracks.Settings(" in c.source]
     assert len(settings) == 1, "one visible settings cell"
+
+
+UNIT2_COND = ROOT / "units" / "unit2" / "02_class_conditioned.ipynb"
+
+
+def test_notebook_class_channels_are_what_class_channels_unet_feeds_its_unet():
+    from coursekit import guidance
+
+    with_class_channels = tagged(UNIT2_COND, "teach-class-channels")["with_class_channels"]
+    model = guidance.class_channels_unet(8, 1, 3, block_out_channels=(8, 16), norm_num_groups=4,
+                                         down_block_types=("DownBlock2D", "DownBlock2D"),
+                                         up_block_types=("UpBlock2D", "UpBlock2D"), layers_per_block=1)
+    torch.nn.init.normal_(model.embed.weight)
+    x, t, y = torch.randn(3, 1, 8, 8), torch.tensor([1, 50, 900]), torch.tensor([0, 2, 3])
+    with torch.no_grad():
+        torch.testing.assert_close(model.unet(with_class_channels(x, y, model.embed), t).sample,
+                                   model(x, t, class_labels=y).sample)
+
+
+def test_notebook_class_embedding_is_what_diffusers_adds_to_the_timestep_embedding():
+    timestep_and_class = tagged(UNIT2_COND, "teach-class-embedding")["timestep_and_class"]
+    unet = tiny_unet(classes=4)
+    torch.nn.init.normal_(unet.class_embedding.weight)
+    seen = {}
+    hook = unet.down_blocks[0].resnets[0].register_forward_pre_hook(lambda m, args: seen.update(temb=args[1]))
+    t, y = torch.tensor([3, 400]), torch.tensor([1, 4])
+    with torch.no_grad():
+        unet(torch.randn(2, 1, 8, 8), t, class_labels=y)
+        ours = timestep_and_class(unet, t, y)
+    hook.remove()
+    torch.testing.assert_close(ours, seen["temb"])
+
+
+def test_notebook_label_dropout_is_coursekits():
+    drop_labels = tagged(UNIT2_COND, "teach-drop-labels")["drop_labels"]
+    y = torch.randint(0, 10, (5000,), generator=torch.Generator().manual_seed(0))
+    ours = drop_labels(y, 0.2, 10, torch.Generator().manual_seed(1))
+    assert torch.equal(ours, train.drop_labels(y, 0.2, 10, torch.Generator().manual_seed(1)))
+    assert abs((ours == 10).float().mean().item() - 0.2) < 0.02
+    assert torch.equal(ours[ours != 10], y[ours != 10])
+
+
+@pytest.mark.parametrize("w", [0.0, 1.0, 2.5])
+def test_notebook_cfg_formula_is_coursekits_batched_guidance(w):
+    cfg_noise = tagged(UNIT2_COND, "teach-cfg")["cfg_noise"]
+    unet = tiny_unet(classes=3)
+    torch.nn.init.normal_(unet.class_embedding.weight)
+    x, y = torch.randn(4, 1, 8, 8, generator=torch.Generator().manual_seed(2)), torch.tensor([0, 1, 2, 1])
+    with torch.no_grad():
+        torch.testing.assert_close(cfg_noise(unet, x, 300, y, w, null=3),
+                                   samplers.predict_noise(unet, x, 300, y, guidance_scale=w), atol=1e-5, rtol=1e-5)
+
+
+def test_notebook_cross_attention_is_scaled_dot_product_attention():
+    cross_attention = tagged(UNIT2_COND, "teach-cross-attention")["cross_attention"]
+    g = torch.Generator().manual_seed(3)
+    pixels, tokens = torch.randn(2, 10, 6, generator=g), torch.randn(2, 4, 6, generator=g)
+    w = [torch.randn(6, 6, generator=g) for _ in range(3)]
+    out, weights = cross_attention(pixels, tokens, *w)
+    torch.testing.assert_close(out, F.scaled_dot_product_attention(pixels @ w[0], tokens @ w[1], tokens @ w[2]))
+    torch.testing.assert_close(weights.sum(-1), torch.ones(2, 10))
+
+
+UNIT2_GUIDE = ROOT / "units" / "unit2" / "01_finetuning_and_guidance.ipynb"
+
+
+def test_notebook_colour_guidance_loop_is_coursekits_x_only_guidance():
+    from coursekit import guidance
+
+    colour_guided_ddim = tagged(UNIT2_GUIDE, "teach-colour-guidance")["colour_guided_ddim"]
+    unet, sched = tiny_unet(channels=3), samplers.scheduler_named("ddim", tiny_scheduler())
+    noise = torch.randn(3, 3, 8, 8, generator=torch.Generator().manual_seed(4))
+    colour = (0.9, 0.2, 0.1)
+    by_hand = colour_guided_ddim(unet, sched, noise, colour, 7.0, 6)
+    by_kit = guidance.sample(unet, sched, noise, guidance.colour_loss(colour), scale=7.0, steps=6, progress=False)
+    torch.testing.assert_close(by_hand, by_kit, atol=1e-5, rtol=1e-5)
+    plain = samplers.ddim(unet, sched, noise, steps=6, progress=False)
+    assert guidance.mean_colour_distance(by_hand, colour) < guidance.mean_colour_distance(plain, colour)

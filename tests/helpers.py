@@ -66,5 +66,35 @@ def save_tiny_clip(folder):
                                          bos_token_id=vocab["<|startoftext|>"], eos_token_id=vocab["<|endoftext|>"]),
                         vision_config=dict(image_size=32, patch_size=8, **small), projection_dim=8)
     CLIPModel(config).save_pretrained(folder, safe_serialization=True)
-    CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt")).save_pretrained(folder)
+    CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"), model_max_length=32).save_pretrained(folder)
+    return folder
+
+
+def save_tiny_stable_diffusion(folder):
+    """A randomly initialised, tiny Stable Diffusion pipeline (UNet2DConditionModel, AutoencoderKL,
+    CLIP text encoder and tokenizer, DDIM scheduler) saved in the Hub's layout."""
+    from pathlib import Path
+
+    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    folder = Path(folder)
+    clip_dir = save_tiny_clip(folder.with_name(folder.name + "-clip"))
+    tokenizer = CLIPTokenizer.from_pretrained(clip_dir)
+    torch.manual_seed(0)
+    text = CLIPTextModel(CLIPTextConfig(vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32,
+                                        num_attention_heads=2, num_hidden_layers=1, max_position_embeddings=32,
+                                        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id))
+    vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8, 16),
+                        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+                        norm_num_groups=4, sample_size=16)
+    unet = UNet2DConditionModel(sample_size=8, in_channels=4, out_channels=4, layers_per_block=1,
+                                block_out_channels=(16, 32), cross_attention_dim=16, attention_head_dim=4,
+                                norm_num_groups=4, down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+                                up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"))
+    scheduler = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                              clip_sample=False, set_alpha_to_one=False, steps_offset=1)
+    pipe = StableDiffusionPipeline(vae=vae, text_encoder=text, tokenizer=tokenizer, unet=unet, scheduler=scheduler,
+                                   safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    pipe.save_pretrained(folder, safe_serialization=True)
     return folder

@@ -1,0 +1,264 @@
+"""DDIM inversion and editing: run the deterministic DDIM update backwards from a clean image to
+noise, then forwards again, with the same or a new condition.
+
+DDIM at eta = 0 maps noise to an image by a fixed sequence of updates. Each update can be run
+the other way, from the less noisy level to the noisier one, if we accept one approximation:
+the noise estimate at the level we are going to is taken from the latent we are at. With
+small steps that error is small, so inverting and then sampling with the same condition gives
+the image back; sampling the last k steps with a new condition edits it (Song et al. 2020;
+Mokady et al. 2022). The baseline is SDEdit (Meng et al. 2021): add fresh noise to the level
+instead of inverting, then denoise.
+
+Conditions: `labels` for class-conditional UNets (classifier-free guidance with
+`guidance_scale`), or `text=(cond, uncond)` prompt embeddings for text-conditional UNets such as
+Stable Diffusion's (see `encode_prompt`).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from .samplers import SamplerError, _check, predict_noise
+
+
+class InversionError(ValueError):
+    """Images or settings that inversion cannot use; the message says how to fix them."""
+
+
+@dataclass
+class Inversion:
+    """The latents from the clean input (index 0) to the noisiest (index `steps`), with the
+    timesteps they sit at (None for the clean input)."""
+
+    latents: list = field(default_factory=list)
+    timesteps: list = field(default_factory=list)
+
+    @property
+    def steps(self) -> int:
+        return len(self.latents) - 1
+
+    def at(self, k: int) -> torch.Tensor:
+        """The latent after k inversion steps (k = 0 is the input itself)."""
+        if not 0 <= k <= self.steps:
+            raise InversionError(f"k must be between 0 and {self.steps}, got {k}")
+        return self.latents[k]
+
+
+def check_images(unet, x: torch.Tensor, latent: bool = False) -> None:
+    """Refuse images a model cannot take: wrong rank, channels, size, dtype or value range."""
+    if not isinstance(x, torch.Tensor):
+        raise InversionError(f"images must be a torch tensor (N, C, H, W), got {type(x).__name__}; "
+                             "use coursekit.data.to_tensor for PIL images")
+    if x.ndim != 4:
+        raise InversionError(f"images must have shape (N, C, H, W), got {tuple(x.shape)}; add a batch axis with x[None]")
+    if not x.is_floating_point():
+        raise InversionError(f"images must be floats in [-1, 1], got dtype {x.dtype}; use x / 127.5 - 1 for 0..255 pixels")
+    channels, size = unet.config.in_channels, unet.config.sample_size
+    if x.shape[1] != channels:
+        raise InversionError(f"the model takes {channels} channel(s), the images have {x.shape[1]}"
+                             + ("; convert with .convert('L') or .convert('RGB') before to_tensor" if not latent else ""))
+    if not latent and (x.shape[2] != size or x.shape[3] != size):
+        raise InversionError(f"the model takes {size}x{size} images, got {x.shape[2]}x{x.shape[3]}; "
+                             f"resize them (coursekit.data.to_tensor(images, {size}, {channels}))")
+    if not latent and (float(x.min()) < -1.001 or float(x.max()) > 1.001):
+        raise InversionError(f"images must be in [-1, 1], got [{float(x.min()):.3g}, {float(x.max()):.3g}]; "
+                             "for 0..1 use x * 2 - 1, for 0..255 use x / 127.5 - 1")
+
+
+def _ddim(scheduler, steps: int):
+    from diffusers import DDIMScheduler
+
+    if getattr(scheduler.config, "prediction_type", "epsilon") != "epsilon":
+        raise InversionError("inversion here needs a noise-predicting (epsilon) model")
+    ddim = DDIMScheduler.from_config(scheduler.config, clip_sample=False)  # clipping x0 would break reversibility
+    ddim.set_timesteps(steps)
+    return ddim
+
+
+def _eps(unet, x, t, labels, guidance_scale, text):
+    if text is None:
+        return predict_noise(unet, x, t, labels, guidance_scale)
+    cond, uncond = text
+    if guidance_scale == 1.0 or uncond is None:
+        return unet(x, t, encoder_hidden_states=cond.expand(len(x), -1, -1)).sample
+    both = unet(torch.cat([x, x]), t, encoder_hidden_states=torch.cat(
+        [cond.expand(len(x), -1, -1), uncond.expand(len(x), -1, -1)])).sample
+    c, u = both.chunk(2)
+    return u + guidance_scale * (c - u)
+
+
+def _prepare(unet, x, labels, guidance_scale, text):
+    if text is None:
+        return _check(unet, x, labels, guidance_scale)
+    return None
+
+
+@torch.no_grad()
+def invert(unet, scheduler, x0: torch.Tensor, *, steps: int = 50, labels=None, guidance_scale: float = 1.0,
+           text=None, latent: bool = False, progress: bool = True) -> Inversion:
+    """Run DDIM backwards from clean images (or VAE latents, `latent=True`) to noise.
+
+    Step i goes from level t_{i-1} (the clean input for i = 1) up to t_i:
+    x0_hat = (x - sqrt(1 - a_prev) eps) / sqrt(a_prev), x <- sqrt(a_i) x0_hat + sqrt(1 - a_i) eps,
+    with eps the model's estimate at (x, t_i). Returns every latent on the way.
+    """
+    from tqdm.auto import tqdm
+
+    check_images(unet, x0, latent)
+    labels = _prepare(unet, x0, labels, guidance_scale, text)
+    ddim = _ddim(scheduler, steps)
+    ab = ddim.alphas_cumprod.to(x0.device)
+    upward = ddim.timesteps.flip(0).tolist()
+    x, a_prev = x0, ddim.final_alpha_cumprod.to(x0.device)
+    out = Inversion([x0.cpu()], [None])
+    for t in tqdm(upward, disable=not progress, desc="inverting", leave=False):
+        eps = _eps(unet, x, t, labels, guidance_scale, text)
+        x0_hat = (x - (1 - a_prev).sqrt() * eps) / a_prev.sqrt()
+        a_t = ab[t]
+        x = a_t.sqrt() * x0_hat + (1 - a_t).sqrt() * eps
+        a_prev = a_t
+        out.latents.append(x.cpu())
+        out.timesteps.append(int(t))
+    return out
+
+
+@torch.no_grad()
+def denoise(unet, scheduler, x: torch.Tensor, *, steps: int = 50, k: int | None = None, labels=None,
+            guidance_scale: float = 1.0, text=None, progress: bool = True) -> torch.Tensor:
+    """Deterministic DDIM from a latent at the level reached after k of `steps` inversion steps
+    (k = steps: pure noise, the whole schedule) down to a clean image."""
+    from tqdm.auto import tqdm
+
+    k = steps if k is None else k
+    if not 0 <= k <= steps:
+        raise InversionError(f"k must be between 0 and {steps}, got {k}")
+    labels = _prepare(unet, x, labels, guidance_scale, text)
+    ddim = _ddim(scheduler, steps)
+    for t in tqdm(ddim.timesteps[steps - k:], disable=not progress, desc="denoising", leave=False):
+        eps = _eps(unet, x, t, labels, guidance_scale, text)
+        x = ddim.step(eps, t, x, eta=0.0).prev_sample
+    return x
+
+
+def edit(unet, scheduler, inversion: Inversion, k: int, *, labels=None, guidance_scale: float = 1.0,
+         text=None, progress: bool = True) -> torch.Tensor:
+    """Regenerate from the latent k inversion steps deep with a (new) condition. Small k keeps
+    more of the source; large k gives the new condition more room."""
+    x = inversion.at(k).to(unet.device)
+    return denoise(unet, scheduler, x, steps=inversion.steps, k=k, labels=labels,
+                   guidance_scale=guidance_scale, text=text, progress=progress)
+
+
+def noise_to_level(scheduler, x0: torch.Tensor, steps: int, k: int, generator: torch.Generator | None = None):
+    """x0 noised in one jump to the level reached after k of `steps` DDIM inversion steps."""
+    if not 0 <= k <= steps:
+        raise InversionError(f"k must be between 0 and {steps}, got {k}")
+    if k == 0:
+        return x0
+    ddim = _ddim(scheduler, steps)
+    t = ddim.timesteps[steps - k]
+    noise = torch.randn(x0.shape, generator=generator).to(x0.device)
+    return ddim.add_noise(x0, noise, torch.full((len(x0),), int(t), dtype=torch.long))
+
+
+def sdedit(unet, scheduler, x0: torch.Tensor, k: int, *, steps: int = 50, labels=None,
+           guidance_scale: float = 1.0, text=None, generator: torch.Generator | None = None,
+           latent: bool = False, progress: bool = True) -> torch.Tensor:
+    """The add-noise baseline (SDEdit, img2img): fresh noise to the level of step k, then denoise."""
+    check_images(unet, x0, latent)
+    x = noise_to_level(scheduler, x0, steps, k, generator)
+    return denoise(unet, scheduler, x, steps=steps, k=k, labels=labels, guidance_scale=guidance_scale,
+                   text=text, progress=progress)
+
+
+def psnr(x: torch.Tensor, reference: torch.Tensor) -> float:
+    """Peak signal-to-noise ratio in dB of images in [-1, 1] against a reference, averaged over
+    the batch: 10 log10(peak^2 / MSE) with pixels scaled to 0..1 (peak 1)."""
+    a = (x.detach().float().cpu().clamp(-1, 1) + 1) / 2
+    b = (reference.detach().float().cpu().clamp(-1, 1) + 1) / 2
+    if a.shape != b.shape:
+        raise InversionError(f"psnr needs equal shapes, got {tuple(a.shape)} and {tuple(b.shape)}")
+    mse = ((a - b) ** 2).flatten(1).mean(1).clamp(min=1e-10)
+    return float((10 * torch.log10(1 / mse)).mean())
+
+
+def ssim(x: torch.Tensor, reference: torch.Tensor) -> float:
+    """Structural similarity (Wang et al. 2004, scikit-image's implementation), averaged over the
+    batch: 1 for identical images, compares local means, contrasts and correlations."""
+    from skimage.metrics import structural_similarity
+
+    a = ((x.detach().float().cpu().clamp(-1, 1) + 1) / 2).permute(0, 2, 3, 1).numpy()
+    b = ((reference.detach().float().cpu().clamp(-1, 1) + 1) / 2).permute(0, 2, 3, 1).numpy()
+    if a.shape != b.shape:
+        raise InversionError(f"ssim needs equal shapes, got {a.shape} and {b.shape}")
+    win = min(7, a.shape[1] - (1 - a.shape[1] % 2), a.shape[2] - (1 - a.shape[2] % 2))
+    return float(np.mean([structural_similarity(p, q, data_range=1.0, channel_axis=2, win_size=win)
+                          for p, q in zip(a, b)]))
+
+
+# Stable Diffusion (full track): current diffusers APIs only.
+
+SD_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
+_SD_FILES = ["model_index.json", "scheduler/*", "tokenizer/*", "feature_extractor/*",
+             "text_encoder/config.json", "text_encoder/model.safetensors",
+             "unet/config.json", "unet/diffusion_pytorch_model.safetensors",
+             "vae/config.json", "vae/diffusion_pytorch_model.safetensors"]
+
+
+def load_stable_diffusion(name: str = SD_MODEL, device: str = "cpu", dtype=None):
+    """A StableDiffusionPipeline from a Hub id (pinned revision; only the fp32 safetensors of each
+    component, not the multi-GB single-file checkpoints beside them) or a local folder, with a
+    DDIM scheduler and without the safety checker (nothing here is shown to the public)."""
+    import os
+
+    from diffusers import DDIMScheduler, StableDiffusionPipeline
+
+    from . import hub
+
+    folder = name if os.path.isdir(name) else hub.fetch(
+        name, "the small track inverts the zoo's digit and photo models instead", allow_patterns=_SD_FILES)
+    pipe = StableDiffusionPipeline.from_pretrained(folder, safety_checker=None, requires_safety_checker=False,
+                                                   use_safetensors=True, dtype=dtype or torch.float32)
+    pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe.to(device)
+
+def encode_prompt(pipe, prompt: str, guidance_scale: float = 1.0, negative_prompt: str | None = None):
+    """(cond, uncond) text embeddings from a StableDiffusionPipeline's own `encode_prompt`."""
+    cond, uncond = pipe.encode_prompt(prompt, device=pipe.device, num_images_per_prompt=1,
+                                      do_classifier_free_guidance=guidance_scale != 1.0,
+                                      negative_prompt=negative_prompt)
+    return cond, uncond
+
+
+@torch.no_grad()
+def encode_image(pipe, images) -> torch.Tensor:
+    """PIL image(s) -> VAE latents scaled by the VAE's scaling factor (VaeImageProcessor)."""
+    pixels = pipe.image_processor.preprocess(images).to(pipe.device, pipe.vae.dtype)
+    return pipe.vae.encode(pixels).latent_dist.mean * pipe.vae.config.scaling_factor
+
+
+@torch.no_grad()
+def decode_latents(pipe, latents: torch.Tensor):
+    """VAE latents -> list of PIL images (VaeImageProcessor postprocessing)."""
+    pixels = pipe.vae.decode(latents / pipe.vae.config.scaling_factor).sample
+    return pipe.image_processor.postprocess(pixels, output_type="pil")
+
+
+def invert_image(pipe, image, prompt: str, *, steps: int = 50, guidance_scale: float = 1.0, progress: bool = True):
+    """Invert a PIL image with a Stable Diffusion pipeline under `prompt`; returns the Inversion
+    of its VAE latents."""
+    text = encode_prompt(pipe, prompt, guidance_scale)
+    latents = encode_image(pipe, image)
+    return invert(pipe.unet, pipe.scheduler, latents, steps=steps, guidance_scale=guidance_scale, text=text,
+                  latent=True, progress=progress)
+
+
+def edit_image(pipe, inversion: Inversion, prompt: str, k: int, *, guidance_scale: float = 1.0,
+               negative_prompt: str | None = None, progress: bool = True):
+    """Regenerate an inverted image under a new prompt from k inversion steps deep; PIL images."""
+    text = encode_prompt(pipe, prompt, guidance_scale, negative_prompt)
+    latents = edit(pipe.unet, pipe.scheduler, inversion, k, guidance_scale=guidance_scale, text=text, progress=progress)
+    return decode_latents(pipe, latents)

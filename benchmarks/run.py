@@ -241,6 +241,59 @@ def cfg_accuracy(per_class: int = 50) -> dict:
             "setting": f"digits-cond, guidance {scale}, DDIM {steps} steps, {len(labels)} samples"}
 
 
+UNIT4_INV = "unit4/01_ddim_inversion.ipynb"
+
+
+def inversion_psnr_50(n: int = 64) -> dict:
+    """Reconstruction PSNR of real (in-distribution) digits: DDIM inversion with digits-uncond,
+    then DDIM sampling back, at 50 steps; 10, 20 and 100 steps beside it."""
+    from coursekit import data, inversion
+
+    unet, scheduler = zoo.load("digits-uncond")
+    x, _ = data.tensors(data.load("digits"), 16, 1)
+    x = x[torch.randperm(len(x), generator=torch.Generator().manual_seed(8))[:n]]
+    out = {}
+    for steps in (10, 20, 50, 100):
+        inv = inversion.invert(unet, scheduler, x, steps=steps, progress=False)
+        back = inversion.denoise(unet, scheduler, inv.at(steps), steps=steps, progress=False)
+        out[steps] = (inversion.psnr(back, x), inversion.ssim(back, x))
+    value = out[50][0]
+    return {"value": value, "target": ">= 30", "unit": "dB", "met": value >= 30,
+            **{f"psnr_{s}": p for s, (p, _) in out.items() if s != 50}, "ssim_50": out[50][1],
+            "setting": f"digits-uncond, {n} real digits"}
+
+
+def edit_success(n: int = 200) -> dict:
+    """Class edits of real digits by inversion at the notebook's k: the share the independent judge
+    reads as the new class; similarity (SSIM to the source) against the add-noise baseline's at
+    equal success, interpolated along the baseline's curve over k."""
+    from coursekit import data, inversion, metrics
+
+    get = lambda key: notebook_setting(UNIT4_INV, key)
+    steps, k, w, ks = get("steps"), get("k"), get("edit_guidance"), get("ks")
+    unet, scheduler = zoo.load(get("edit_model"))
+    judge = metrics.digit_judge(16)
+    x, y = data.tensors(data.load("digits"), 16, 1)
+    g = torch.Generator().manual_seed(9)
+    pick = torch.randperm(len(x), generator=g)[:n]
+    source, old = x[pick], y[pick]
+    new = (old + 1 + torch.randint(0, 9, old.shape, generator=g)) % 10
+    inv = inversion.invert(unet, scheduler, source, steps=steps, labels=old, progress=False)
+    edited = inversion.edit(unet, scheduler, inv, k, labels=new, guidance_scale=w, progress=False)
+    success, similarity = judge.accuracy(edited, new), inversion.ssim(edited, source)
+    curve = []
+    for kk in sorted(set(ks) | {k}):
+        b = inversion.sdedit(unet, scheduler, source, kk, steps=steps, labels=new, guidance_scale=w,
+                             generator=torch.Generator().manual_seed(kk), progress=False)
+        curve.append((judge.accuracy(b, new), inversion.ssim(b, source)))
+    curve.sort()
+    baseline = float(np.interp(success, [c[0] for c in curve], [c[1] for c in curve]))
+    return {"value": success, "target": ">= 0.8", "unit": "share", "met": success >= 0.8,
+            "edit_similarity": similarity, "baseline_similarity_at_equal_success": baseline,
+            "similarity_higher_than_baseline": similarity > baseline,
+            "setting": f"digits-cond, {n} real digits to another class, k={k} of {steps}, guidance {w}; SSIM"}
+
+
 FIGURES = {
     "ddim_vs_diffusers": ddim_vs_diffusers,
     "cfg_batched_vs_naive": cfg_batched_vs_naive,
@@ -250,6 +303,8 @@ FIGURES = {
     "finetune_gain": finetune_gain,
     "colour_guidance_gain": colour_guidance_gain,
     "cfg_accuracy": cfg_accuracy,
+    "inversion_psnr_50": inversion_psnr_50,
+    "edit_success": edit_success,
 }
 
 

@@ -174,3 +174,21 @@ def test_notebook_colour_guidance_loop_is_coursekits_x_only_guidance():
     torch.testing.assert_close(by_hand, by_kit, atol=1e-5, rtol=1e-5)
     plain = samplers.ddim(unet, sched, noise, steps=6, progress=False)
     assert guidance.mean_colour_distance(by_hand, colour) < guidance.mean_colour_distance(plain, colour)
+
+
+UNIT4_INV = ROOT / "units" / "unit4" / "01_ddim_inversion.ipynb"
+
+
+def test_notebook_inversion_loop_is_coursekits():
+    from coursekit import inversion
+
+    ddim_invert = tagged(UNIT4_INV, "teach-ddim-inversion")["ddim_invert"]
+    unet, sched = tiny_unet(), tiny_scheduler()
+    ddim = samplers.scheduler_named("ddim", sched)
+    ddim.set_timesteps(7)
+    x0 = torch.rand(3, 1, 8, 8, generator=torch.Generator().manual_seed(5)) * 2 - 1
+    by_hand = ddim_invert(unet, sched.alphas_cumprod, x0, ddim.timesteps.tolist())
+    by_kit = inversion.invert(unet, sched, x0, steps=7, progress=False)
+    assert len(by_hand) == len(by_kit.latents) == 8
+    for a, b in zip(by_hand, by_kit.latents):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)

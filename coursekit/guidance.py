@@ -293,6 +293,9 @@ def colour_demo(unet, scheduler, *, steps: int = 20, n: int = 8, max_scale: floa
     Its prediction function is `app.fn` (callable without a server); start it with
     `launch_demo(app)`, which serves on localhost only unless `share=True` is asked for.
     """
+    import os
+
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no calls home: the course runs offline
     try:
         import gradio as gr
     except ImportError:

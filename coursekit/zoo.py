@@ -111,7 +111,7 @@ def build(recipe: Recipe):
 
 
 def _resolve(name: str | os.PathLike) -> Path:
-    if str(name) in RECIPES:
+    if str(name) in RECIPES or (ZOO_DIR / str(name) / "unet").is_dir():
         folder = ZOO_DIR / str(name)
         if not (folder / "unet").is_dir():
             raise ZooError(f"zoo checkpoint {name!r} is missing from {ZOO_DIR}; "

@@ -69,6 +69,7 @@ def _flower_crops():
 
 
 SMALL: dict[str, Callable] = {"digits": _digits, "photo-crops": _photo_crops, "flower-crops": _flower_crops}
+AUDIO = ("music",)
 
 
 @dataclass(frozen=True)
@@ -87,7 +88,7 @@ FULL = {
 
 
 def names() -> list[str]:
-    return sorted(SMALL) + sorted(FULL) + sorted(d.repo for d in FULL.values())
+    return sorted(SMALL) + list(AUDIO) + sorted(FULL) + sorted(d.repo for d in FULL.values())
 
 
 @lru_cache(maxsize=None)
@@ -99,6 +100,21 @@ def _small(name: str):
     images, labels, label_names = SMALL[name]()
     features = Features({"image": ImageFeature(), "label": ClassLabel(names=label_names)})
     return Dataset.from_dict({"image": images, "label": labels}, features=features)
+
+
+@lru_cache(maxsize=None)
+def _music():
+    """Bach chorales (organ-like) and fiddle reels (violin-like) rendered from music21 at 8 kHz.
+    Audio is a float column beside its sampling rate (no audio decoder needed)."""
+    from datasets import ClassLabel, Dataset, Features, Sequence, Value
+
+    from . import audio
+
+    corpus = audio.music_corpus()
+    features = Features({"audio": Sequence(Value("float32")), "sampling_rate": Value("int32"),
+                         "label": ClassLabel(names=list(audio.GENRES)), "title": Value("string")})
+    return Dataset.from_dict({"audio": [w.tolist() for w in corpus["wave"]], "sampling_rate": [8000] * len(corpus["wave"]),
+                              "label": corpus["genre"], "title": corpus["title"]}, features=features)
 
 
 def _full(spec: HubDataset, split: str):
@@ -133,7 +149,9 @@ def load(name: str, split: str = "train"):
     or their Hub ids.
     """
     if name in SMALL:
-        return _small(name).with_format(None)  # a fresh object: set_format on it cannot touch the cache
+        return _small(name).with_format(None)
+    if name in AUDIO:
+        return _music().with_format(None)  # a fresh object: set_format on it cannot touch the cache
     spec = FULL.get(name) or next((d for d in FULL.values() if d.repo == name), None)
     if spec is None:
         raise DataError(f"unknown dataset {name!r}; known: {', '.join(names())}")

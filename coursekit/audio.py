@@ -1,0 +1,340 @@
+"""Audio for diffusion: waveforms to mel-spectrogram images and back, WAV files, slicing, display,
+and a small music corpus rendered offline from music21's scores.
+
+A diffusion model for audio here is an image model on mel spectrograms: each slice of audio
+becomes a (1, n_mels, frames) image in [-1, 1] (decibels relative to the slice's loudest bin,
+`top_db` of range), and a generated image goes back to sound with Griffin-Lim, which guesses the
+phase the spectrogram threw away. `PRESETS['teticio']` holds the settings of the course's
+pretrained audio checkpoints; `PRESETS['small']` is a 64x64 version (8 kHz, about a second per image) for the small track.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+class AudioError(ValueError):
+    """Audio that coursekit cannot use as given; the message says how to fix it."""
+
+
+@dataclass(frozen=True)
+class MelPreset:
+    """How audio becomes a spectrogram image: `n_mels` rows, `frames` columns of `hop_length` samples."""
+
+    sample_rate: int
+    n_fft: int
+    hop_length: int
+    n_mels: int
+    frames: int
+    top_db: float = 80.0
+    n_iter: int = 32
+
+    @property
+    def slice_samples(self) -> int:
+        """Audio samples in one image (the last frame's window hangs over the end)."""
+        return self.frames * self.hop_length
+
+    @property
+    def slice_seconds(self) -> float:
+        return self.slice_samples / self.sample_rate
+
+
+PRESETS = {
+    # mel settings stored with teticio/audio-diffusion-instrumental-hiphop-256 (mel_config.json)
+    "teticio": MelPreset(sample_rate=22050, n_fft=2048, hop_length=512, n_mels=256, frames=256, top_db=80.0, n_iter=32),
+    "small": MelPreset(sample_rate=8000, n_fft=512, hop_length=128, n_mels=64, frames=64, top_db=80.0, n_iter=32),
+}
+
+
+def preset_from_config(config: dict) -> MelPreset:
+    """A MelPreset from an audio-diffusion `mel_config.json` (x_res, y_res, sample_rate, ...)."""
+    try:
+        return MelPreset(sample_rate=int(config["sample_rate"]), n_fft=int(config["n_fft"]),
+                         hop_length=int(config["hop_length"]), n_mels=int(config["y_res"]),
+                         frames=int(config["x_res"]), top_db=float(config.get("top_db", 80)),
+                         n_iter=int(config.get("n_iter", 32)))
+    except KeyError as e:
+        raise AudioError(f"mel config lacks {e}; expected x_res, y_res, sample_rate, n_fft, hop_length") from None
+
+
+def check_wave(wave, sample_rate: int, preset: MelPreset | None = None) -> torch.Tensor:
+    """A mono float waveform tensor (samples,), or a clear error saying what to change."""
+    if isinstance(wave, np.ndarray):
+        wave = torch.from_numpy(wave)
+    if not isinstance(wave, torch.Tensor):
+        raise AudioError(f"a waveform is a 1-D array or tensor of samples, got {type(wave).__name__}")
+    if wave.ndim == 2 and 1 in wave.shape:
+        wave = wave.reshape(-1)
+    if wave.ndim != 1:
+        raise AudioError(f"expected mono audio (one channel), got shape {tuple(wave.shape)}; "
+                         "mix it down first, e.g. wave.mean(0) for (channels, samples)")
+    if wave.numel() == 0:
+        raise AudioError("the audio is empty (0 samples)")
+    if not wave.is_floating_point():
+        raise AudioError(f"expected float samples in [-1, 1], got {wave.dtype}; for 16-bit PCM divide by 32768")
+    if preset is not None and sample_rate != preset.sample_rate:
+        raise AudioError(f"the audio is at {sample_rate} Hz but the preset expects {preset.sample_rate} Hz; "
+                         f"use coursekit.audio.resample(wave, {sample_rate}, {preset.sample_rate})")
+    return wave.float()
+
+
+def resample(wave, orig_rate: int, new_rate: int) -> torch.Tensor:
+    """Band-limited resampling (torchaudio's sinc interpolation)."""
+    import torchaudio.functional as AF
+
+    wave = check_wave(wave, orig_rate)
+    return wave if orig_rate == new_rate else AF.resample(wave, orig_rate, new_rate)
+
+
+def read_wav(path, sample_rate: int | None = None) -> tuple[torch.Tensor, int]:
+    """(mono waveform, rate) from a sound file (soundfile: WAV, FLAC, OGG); stereo is refused
+    rather than silently mixed, and `sample_rate` resamples."""
+    import soundfile as sf
+
+    try:
+        data, rate = sf.read(str(path), dtype="float32", always_2d=True)
+    except (sf.LibsndfileError, RuntimeError, TypeError) as e:
+        raise AudioError(f"{path} is not a readable sound file ({e}); use WAV, FLAC or OGG") from None
+    if data.shape[0] == 0:
+        raise AudioError(f"{path} holds no audio (0 samples)")
+    if data.shape[1] != 1:
+        raise AudioError(f"{path} has {data.shape[1]} channels; coursekit's models take mono audio: "
+                         "mix it down (wave.mean(0)) or pick one channel")
+    wave = torch.from_numpy(data[:, 0].copy())
+    if sample_rate and sample_rate != rate:
+        wave, rate = resample(wave, rate, sample_rate), sample_rate
+    return wave, rate
+
+
+def write_wav(path, wave, sample_rate: int) -> Path:
+    """Write mono float audio as 16-bit WAV (clipped to [-1, 1])."""
+    import soundfile as sf
+
+    wave = check_wave(wave, sample_rate)
+    sf.write(str(path), wave.clamp(-1, 1).numpy(), sample_rate, subtype="PCM_16")
+    return Path(path)
+
+
+def _transforms(preset: MelPreset):
+    import torchaudio.transforms as T
+
+    mel = T.MelSpectrogram(sample_rate=preset.sample_rate, n_fft=preset.n_fft, hop_length=preset.hop_length,
+                           n_mels=preset.n_mels, power=2.0)
+    inverse = T.InverseMelScale(n_stft=preset.n_fft // 2 + 1, n_mels=preset.n_mels, sample_rate=preset.sample_rate)
+    griffin = T.GriffinLim(n_fft=preset.n_fft, hop_length=preset.hop_length, power=2.0, n_iter=preset.n_iter)
+    return mel, inverse, griffin
+
+
+def to_image(wave, preset: MelPreset, sample_rate: int | None = None) -> torch.Tensor:
+    """One slice of mono audio -> a (1, n_mels, frames) image in [-1, 1], low frequencies at the
+    bottom row, 0 dB (the slice's loudest bin) at 1 and -top_db or quieter at -1."""
+    wave = check_wave(wave, sample_rate or preset.sample_rate, preset)
+    wave = torch.nn.functional.pad(wave, (0, max(0, preset.slice_samples - len(wave))))[:preset.slice_samples]
+    power = _transforms(preset)[0](wave)[:, :preset.frames]
+    db = 10 * torch.log10(power.clamp(min=1e-10))
+    db = (db - db.max()).clamp(min=-preset.top_db)
+    return (db / preset.top_db * 2 + 1).flip(0)[None]
+
+
+def from_image(image: torch.Tensor, preset: MelPreset, generator: torch.Generator | None = None) -> torch.Tensor:
+    """A (1, n_mels, frames) image in [-1, 1] back to a waveform with Griffin-Lim (the phase is
+    estimated, so the result sounds like, but is not sample-equal to, the original)."""
+    if image.ndim == 3:
+        image = image[0]
+    if image.shape != (preset.n_mels, preset.frames):
+        raise AudioError(f"expected a ({preset.n_mels}, {preset.frames}) spectrogram image, got {tuple(image.shape)}")
+    db = ((image.detach().float().cpu().clamp(-1, 1).flip(0) - 1) / 2) * preset.top_db
+    power = 10 ** (db / 10)
+    _, inverse, griffin = _transforms(preset)
+    if generator is not None:
+        torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=generator)))
+    wave = griffin(inverse(power).clamp(min=0))
+    peak = wave.abs().max()
+    return wave / peak * 0.9 if peak > 0 else wave
+
+
+def slices(wave, preset: MelPreset, sample_rate: int | None = None, hop: int | None = None) -> list[torch.Tensor]:
+    """Cut long audio into model-sized pieces (`hop` samples apart; default: no overlap)."""
+    wave = check_wave(wave, sample_rate or preset.sample_rate, preset)
+    n, hop = preset.slice_samples, hop or preset.slice_samples
+    if len(wave) < n:
+        raise AudioError(f"the audio is {len(wave) / preset.sample_rate:.2f} s, shorter than one slice "
+                         f"({preset.slice_seconds:.2f} s)")
+    return [wave[i:i + n] for i in range(0, len(wave) - n + 1, hop)]
+
+
+def join(pieces, preset: MelPreset, fade: int | None = None) -> torch.Tensor:
+    """Join generated pieces end to end with a short linear crossfade (default 1/16 of a slice)."""
+    fade = preset.slice_samples // 16 if fade is None else fade
+    out = pieces[0].clone()
+    ramp = torch.linspace(0, 1, fade) if fade else None
+    for p in pieces[1:]:
+        if fade:
+            out[-fade:] = out[-fade:] * (1 - ramp) + p[:fade] * ramp
+            out = torch.cat([out, p[fade:]])
+        else:
+            out = torch.cat([out, p])
+    return out
+
+
+def roundtrip_db(wave, preset: MelPreset, sample_rate: int | None = None) -> float:
+    """Quality of audio -> image -> audio, as spectral SNR in dB:
+    20 log10(||S|| / || |S| - |S_back| ||) on STFT magnitudes (phase-blind, since Griffin-Lim
+    cannot recover the exact phase), for one slice."""
+    wave = check_wave(wave, sample_rate or preset.sample_rate, preset)[:preset.slice_samples]
+    back = from_image(to_image(wave, preset), preset)[:len(wave)]
+    wave = wave / wave.abs().max().clamp(min=1e-8) * 0.9
+    window = torch.hann_window(preset.n_fft)
+    mag = lambda w: torch.stft(w, preset.n_fft, preset.hop_length, window=window, return_complex=True).abs()
+    a, b = mag(wave), mag(torch.nn.functional.pad(back, (0, len(wave) - len(back))))
+    b = b * (a.norm() / b.norm().clamp(min=1e-8))
+    return float(20 * torch.log10(a.norm() / (a - b).norm().clamp(min=1e-10)))
+
+
+def spectrogram_plot(image: torch.Tensor, preset: MelPreset, title: str = "", ax=None):
+    """The image with time (s) and frequency (Hz, mel-spaced) axes."""
+    import matplotlib.pyplot as plt
+    import torchaudio.functional as AF
+
+    if ax is None:
+        _, ax = plt.subplots(figsize=(4, 3))
+    img = image.detach().float().cpu().reshape(preset.n_mels, preset.frames)
+    ax.imshow(img, origin="upper", aspect="auto", cmap="magma", vmin=-1, vmax=1,
+              extent=(0, preset.slice_seconds, 0, preset.n_mels))
+    edges = AF.melscale_fbanks(preset.n_fft // 2 + 1, 0.0, preset.sample_rate / 2, preset.n_mels, preset.sample_rate)
+    centres = (edges.argmax(0).float() * preset.sample_rate / preset.n_fft).numpy()
+    ticks = np.linspace(0, preset.n_mels - 1, 5).round().astype(int)
+    ax.set_yticks(ticks + 0.5, [f"{centres[i]:.0f}" for i in ticks])
+    ax.set(xlabel="time (s)", ylabel="frequency (Hz)", title=title)
+    return ax
+
+
+def player(wave, sample_rate: int):
+    """An audio player for the notebook."""
+    from IPython.display import Audio
+
+    return Audio(check_wave(wave, sample_rate).numpy(), rate=sample_rate, normalize=True)
+
+
+# The small-track corpus: music21 scores rendered by additive synthesis (pip only, no soundfont).
+
+GENRES = ("chorale", "fiddle")
+CORPUS_VERSION = 1
+
+
+def _voice(freq: float, seconds: float, rate: int, timbre: str, rng: np.random.Generator) -> np.ndarray:
+    t = np.arange(int(seconds * rate)) / rate
+    if timbre == "organ":
+        harmonics = {1: 1.0, 2: 0.5, 3: 0.25, 4: 0.12, 8: 0.06}
+        phase = 2 * np.pi * freq * t
+        attack = np.minimum(1, t / 0.02)
+    else:  # violin-like: bright sawtooth partials, vibrato, bowed attack
+        harmonics = {k: 1 / k for k in range(1, 9)}
+        vibrato = 0.006 * np.sin(2 * np.pi * 5.5 * t + rng.uniform(0, 2 * np.pi)) * np.minimum(1, t / 0.15)
+        phase = 2 * np.pi * freq * np.cumsum(1 + vibrato) / rate
+        attack = np.minimum(1, t / 0.06)
+    out = sum(a * np.sin(k * phase) for k, a in harmonics.items() if k * freq < rate / 2)
+    release = np.minimum(1, (seconds - t) / 0.03).clip(0, 1)
+    return out * attack * release
+
+
+def render_score(score, rate: int, timbre: str, seconds_per_quarter: float, seed: int = 0) -> np.ndarray:
+    """Every note of a music21 score as a sum of harmonics, normalised to peak 0.9."""
+    rng = np.random.default_rng(seed)
+    flat = score.flatten().notes
+    total = float(score.flatten().highestTime) * seconds_per_quarter + 0.5
+    out = np.zeros(int(total * rate) + 1)
+    for el in flat:
+        start = int(float(el.offset) * seconds_per_quarter * rate)
+        dur = float(el.quarterLength) * seconds_per_quarter
+        if dur <= 0:
+            continue
+        for p in el.pitches:
+            note = _voice(p.frequency, dur, rate, timbre, rng)
+            out[start:start + len(note)] += note[: len(out) - start]
+    peak = np.abs(out).max()
+    return (out / peak * 0.9 if peak > 0 else out).astype(np.float32)
+
+
+def _cache_dir() -> Path:
+    return Path(os.environ.get("COURSEKIT_CACHE", Path.home() / ".cache" / "coursekit"))
+
+
+def music_corpus(per_genre: int = 40, rate: int = 8000, cache: bool = True) -> dict:
+    """{'wave': [float32 arrays], 'genre': [0/1], 'title': [...]} rendered from music21: Bach
+    chorales on an organ-like timbre (genre 0) and reels from Ryan's Mammoth Collection on a
+    violin-like timbre (genre 1). Cached on disk (COURSEKIT_CACHE, default ~/.cache/coursekit)."""
+    import music21
+
+    key = hashlib.sha1(json.dumps([CORPUS_VERSION, per_genre, rate, music21.__version__]).encode()).hexdigest()[:12]
+    path = _cache_dir() / f"music-{key}.npz"
+    if cache and path.exists():
+        with np.load(path, allow_pickle=False) as f:
+            lengths = f["lengths"]
+            waves = np.split(f["waves"], np.cumsum(lengths)[:-1])
+            return {"wave": waves, "genre": f["genre"].tolist(), "title": f["title"].tolist()}
+    from music21 import corpus
+
+    root = Path(corpus.__file__).parent
+    sources = [("chorale", sorted((root / "bach").glob("bwv*.mxl")), "organ", 0.55),
+               ("fiddle", sorted(p for p in (root / "ryansMammoth").glob("*Reel*.abc")), "violin", 0.22)]
+    waves, genres, titles = [], [], []
+    for genre, files, timbre, spq in sources:
+        done = 0
+        for f in files:
+            if done == per_genre:
+                break
+            try:
+                score = music21.converter.parse(f)
+                if isinstance(score, music21.stream.Opus):
+                    score = score.scores[0]
+                score = score.expandRepeats() if genre == "fiddle" else score
+                wave = render_score(score, rate, timbre, spq, seed=done)
+            except Exception:  # about 1 score in 40 fails to parse or expand; skip it
+                continue
+            if len(wave) < rate * 2:
+                continue
+            waves.append(wave)
+            genres.append(GENRES.index(genre))
+            titles.append(f.stem)
+            done += 1
+    if cache:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp.npz")
+        np.savez_compressed(tmp, waves=np.concatenate(waves), lengths=np.array([len(w) for w in waves]),
+                            genre=np.array(genres), title=np.array(titles))
+        tmp.replace(path)
+    return {"wave": waves, "genre": genres, "title": titles}
+
+
+def spectrogram_dataset(corpus: dict, preset: MelPreset, genre: int | None = None, hop: int | None = None):
+    """(images (N, 1, n_mels, frames), genre labels) from every slice of every piece."""
+    images, labels = [], []
+    for wave, g in zip(corpus["wave"], corpus["genre"]):
+        if genre is not None and g != genre:
+            continue
+        for piece in slices(torch.from_numpy(np.asarray(wave)), preset, preset.sample_rate, hop):
+            if piece.abs().max() < 1e-3:
+                continue
+            images.append(to_image(piece, preset))
+            labels.append(g)
+    return torch.stack(images), torch.tensor(labels)
+
+
+def load_model(name: str, device: str = "cpu"):
+    """(unet, scheduler, preset) of an audio-diffusion checkpoint (a zoo name, a folder, or a Hub
+    id such as teticio/audio-diffusion-instrumental-hiphop-256): UNet and scheduler from their
+    subfolders, mel settings from mel_config.json when present; no deprecated pipeline."""
+    from . import zoo
+
+    unet, scheduler = zoo.load(name, device=device)
+    folder = zoo._resolve(name)
+    config = next((p for p in (folder / "mel" / "mel_config.json", folder / "mel_config.json") if p.exists()), None)
+    preset = preset_from_config(json.loads(config.read_text())) if config else PRESETS["teticio"]
+    return unet, scheduler, preset

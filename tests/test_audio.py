@@ -1,0 +1,123 @@
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from coursekit import audio, data
+from tests.helpers import save_pipeline_layout, tiny_scheduler, tiny_unet
+
+P = audio.PRESETS["small"]
+
+
+def tone(freq, seconds=None, rate=P.sample_rate, amp=0.5):
+    n = int((seconds or P.slice_seconds) * rate)
+    return amp * torch.sin(2 * math.pi * freq * torch.arange(n) / rate)
+
+
+def test_image_is_in_range_with_low_frequencies_at_the_bottom():
+    low, high = audio.to_image(tone(150), P), audio.to_image(tone(3000), P)
+    assert low.shape == (1, P.n_mels, P.frames)
+    assert low.min() >= -1 and low.max() == pytest.approx(1.0)
+    rows = lambda im: im[0].mean(1)
+    assert rows(low).argmax() > P.n_mels * 3 // 4 and rows(high).argmax() < P.n_mels // 4
+
+
+def test_roundtrip_quality_on_synthetic_signals():
+    """Spectral SNR of audio -> image -> Griffin-Lim audio: well above a wrong reconstruction."""
+    chord = tone(220) + tone(277) + tone(330)
+    good = audio.roundtrip_db(chord / 2, P)
+    assert good > 3.0
+    window = torch.hann_window(P.n_fft)
+    mag = lambda w: torch.stft(w, P.n_fft, P.hop_length, window=window, return_complex=True).abs()
+    wrong = audio.from_image(audio.to_image(tone(1500), P), P)[: len(chord)]
+    wrong = torch.nn.functional.pad(wrong, (0, len(chord) - len(wrong)))
+    a, b = mag(chord / 2), mag(wrong)
+    wrong_db = float(20 * torch.log10(a.norm() / (a - b * a.norm() / b.norm()).norm()))
+    assert good > wrong_db + 3
+
+
+def test_from_image_refuses_the_wrong_shape():
+    with pytest.raises(audio.AudioError, match=r"\(64, 64\)"):
+        audio.from_image(torch.zeros(1, 32, 32), P)
+
+
+@pytest.mark.parametrize("bad, rate, match", [
+    (torch.zeros(0), P.sample_rate, "empty"),
+    (tone(440), 22050, "8000 Hz.*resample"),
+    (torch.stack([tone(440), tone(220)]), P.sample_rate, "mono.*mean"),
+    ((tone(440) * 32767).to(torch.int16), P.sample_rate, "float.*32768"),
+    ("not audio", P.sample_rate, "1-D array"),
+])
+def test_bad_audio_is_refused_with_the_fix(bad, rate, match):
+    with pytest.raises(audio.AudioError, match=match):
+        audio.to_image(bad, P, sample_rate=rate)
+
+
+def test_wav_files_round_trip_and_bad_files_are_refused(tmp_path):
+    import soundfile as sf
+
+    path = audio.write_wav(tmp_path / "a.wav", tone(440, 0.5), P.sample_rate)
+    wave, rate = audio.read_wav(path)
+    assert rate == P.sample_rate and len(wave) == 4000
+    assert torch.allclose(wave, tone(440, 0.5), atol=1e-4)
+    up, rate = audio.read_wav(path, sample_rate=16000)
+    assert rate == 16000 and abs(len(up) - 8000) <= 1
+    (tmp_path / "notes.wav").write_text("these are not samples")
+    with pytest.raises(audio.AudioError, match="not a readable sound file"):
+        audio.read_wav(tmp_path / "notes.wav")
+    sf.write(tmp_path / "stereo.wav", np.zeros((800, 2), dtype=np.float32), 8000)
+    with pytest.raises(audio.AudioError, match="2 channels.*mono"):
+        audio.read_wav(tmp_path / "stereo.wav")
+    sf.write(tmp_path / "empty.wav", np.zeros((0, 1), dtype=np.float32), 8000)
+    with pytest.raises(audio.AudioError, match="no audio"):
+        audio.read_wav(tmp_path / "empty.wav")
+
+
+def test_slices_and_join():
+    wave = tone(440, 3.5)
+    pieces = audio.slices(wave, P)
+    assert len(pieces) == int(len(wave) // P.slice_samples) and all(len(p) == P.slice_samples for p in pieces)
+    joined = audio.join(pieces, P, fade=0)
+    torch.testing.assert_close(joined, wave[: len(joined)])
+    assert len(audio.join(pieces, P)) == len(pieces) * P.slice_samples - (len(pieces) - 1) * (P.slice_samples // 16)
+    with pytest.raises(audio.AudioError, match="shorter than one slice"):
+        audio.slices(tone(440, 0.2), P)
+
+
+def test_music_corpus_renders_two_genres_and_caches(tmp_path, monkeypatch):
+    monkeypatch.setenv("COURSEKIT_CACHE", str(tmp_path))
+    first = audio.music_corpus(per_genre=2)
+    assert sorted(first["genre"]) == [0, 0, 1, 1]
+    assert all(w.dtype == np.float32 and len(w) > 2 * 8000 and np.abs(w).max() <= 0.91 for w in first["wave"])
+    assert list(tmp_path.glob("music-*.npz"))
+    again = audio.music_corpus(per_genre=2)
+    assert all(np.array_equal(a, b) for a, b in zip(first["wave"], again["wave"]))
+    images, labels = audio.spectrogram_dataset(first, P)
+    assert images.shape[1:] == (1, P.n_mels, P.frames) and set(labels.tolist()) == {0, 1}
+
+
+def test_music_is_a_dataset_with_audio_and_genre(tmp_path, monkeypatch):
+    monkeypatch.setenv("COURSEKIT_CACHE", str(tmp_path))
+    monkeypatch.setattr(audio, "music_corpus", lambda: {"wave": [np.zeros(9000, np.float32) + 0.1] * 2,
+                                                        "genre": [0, 1], "title": ["a", "b"]})
+    data._music.cache_clear()
+    try:
+        ds = data.load("music")
+        assert ds.column_names == ["audio", "sampling_rate", "label", "title"]
+        assert ds.features["label"].names == ["chorale", "fiddle"] and ds[0]["sampling_rate"] == 8000
+        assert len(ds[1]["audio"]) == 9000
+    finally:
+        data._music.cache_clear()
+
+
+def test_audio_checkpoint_loads_as_unet_scheduler_and_mel_settings(tmp_path):
+    """The full track's layout (unet/, scheduler/, mel/mel_config.json), offline, on a tiny model."""
+    folder = save_pipeline_layout(tmp_path / "audio-model", tiny_unet(size=8), tiny_scheduler())
+    (folder / "mel").mkdir()
+    (folder / "mel" / "mel_config.json").write_text(json.dumps(
+        {"x_res": 8, "y_res": 8, "sample_rate": 22050, "n_fft": 2048, "hop_length": 512, "top_db": 80, "n_iter": 32}))
+    unet, scheduler, preset = audio.load_model(str(folder))
+    assert preset == audio.MelPreset(22050, 2048, 512, 8, 8, 80.0, 32)
+    assert unet.config.sample_size == 8 and type(scheduler).__name__ == "DDPMScheduler"

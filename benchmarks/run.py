@@ -309,6 +309,57 @@ def edit_success(n: int = 200) -> dict:
             "setting": f"digits-cond, {n} real digits to another class, k={k} of {steps}, guidance {w}; SSIM"}
 
 
+UNIT4_FAST = "unit4/03_faster_sampling.ipynb"
+
+
+def distilled_4step_accuracy(per_class: int = 50) -> dict:
+    """The zoo's 4-step student over the 64-step teacher (plain DDIM on the same grid, guided at
+    the notebook's scale), both judged on the same noise and labels; the teacher's own 4-step
+    DDIM over the same, for contrast."""
+    from coursekit import distill, metrics
+
+    scale = notebook_setting(UNIT4_FAST, "guidance_scale")
+    teacher, scheduler = zoo.load("digits-cond")
+    student, s_sched = distill.load_student("digits-cond", 4)
+    judge = metrics.digit_judge(16)
+    labels = torch.arange(10).repeat_interleave(per_class)
+    noise = samplers.noise(teacher, len(labels), torch.Generator().manual_seed(10))
+    run = lambda m, sch, n, w: distill.sample(m, sch, noise, steps=n, labels=labels, guidance_scale=w, progress=False)
+    t64, t4, s4 = run(teacher, scheduler, 64, scale), run(teacher, scheduler, 4, scale), run(student, s_sched, 4, 1.0)
+    acc = {k: judge.accuracy(x, labels) for k, x in (("t64", t64), ("t4", t4), ("s4", s4))}
+    value = acc["s4"] / acc["t64"]
+    return {"value": value, "target": ">= 0.9", "unit": "ratio", "met": value >= 0.9,
+            "teacher_4step_over_64step": acc["t4"] / acc["t64"], "teacher_64step_accuracy": acc["t64"],
+            "student_4step_accuracy": acc["s4"], "teacher_4step_accuracy": acc["t4"],
+            "fd_teacher_64": judge.fid(t64), "fd_teacher_4": judge.fid(t4), "fd_student_4": judge.fid(s4),
+            "setting": f"digits-cond, guidance {scale}, {len(labels)} samples, nested grid"}
+
+
+def samplers_table(per_class: int = 20) -> dict:
+    """Seconds and the judge's accuracy for each sampler and step count of the notebook's plan."""
+    from coursekit import metrics
+
+    plan = notebook_setting(UNIT4_FAST, "plan")
+    scale = notebook_setting(UNIT4_FAST, "guidance_scale")
+    unet, scheduler = zoo.load("digits-cond")
+    judge = metrics.digit_judge(16)
+    labels = torch.arange(10).repeat_interleave(per_class)
+    noise = samplers.noise(unet, len(labels), torch.Generator().manual_seed(11))
+    table = {}
+    for name, counts in plan.items():
+        for steps in counts:
+            sched = samplers.scheduler_named(name, scheduler)
+            began = time.perf_counter()
+            x = samplers.sample(unet, sched, noise, steps=steps, labels=labels, guidance_scale=scale,
+                                generator=torch.Generator().manual_seed(12), progress=False)
+            table[f"{name}@{steps}"] = f"{time.perf_counter() - began:.2f} s, accuracy {judge.accuracy(x, labels):.3f}"
+    fastest = min(table, key=lambda k: float(table[k].split()[0]))
+    slowest = max(table, key=lambda k: float(table[k].split()[0]))
+    value = float(table[slowest].split()[0]) / float(table[fastest].split()[0])
+    return {"value": value, "target": "info", "unit": "x", "met": True, **table,
+            "setting": f"digits-cond, guidance {scale}, {len(labels)} samples; value = slowest time over fastest"}
+
+
 FIGURES = {
     "ddim_vs_diffusers": ddim_vs_diffusers,
     "cfg_batched_vs_naive": cfg_batched_vs_naive,
@@ -320,6 +371,8 @@ FIGURES = {
     "cfg_accuracy": cfg_accuracy,
     "inversion_psnr_50": inversion_psnr_50,
     "edit_success": edit_success,
+    "distilled_4step_accuracy": distilled_4step_accuracy,
+    "samplers_table": samplers_table,
 }
 
 

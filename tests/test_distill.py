@@ -78,3 +78,16 @@ def test_round_refuses_odd_teacher_steps_and_missing_labels():
 def test_missing_student_names_the_command():
     with pytest.raises(distill.DistillError, match="python -m coursekit.distill train digits-cond"):
         distill.load_student("digits-cond", 2)
+
+
+@pytest.mark.parametrize("steps", [32, 16, 8, 4])
+def test_zoo_students_ship_with_model_cards(steps):
+    from coursekit import zoo
+
+    unet, scheduler = distill.load_student("digits-cond", steps)
+    folder = zoo.ZOO_DIR / distill.student_name("digits-cond", steps)
+    card = (folder / "README.md").read_text()
+    assert "python -m coursekit.distill train digits-cond" in card and "## Measured quality" in card
+    record = __import__("json").loads((folder / "distill.json").read_text())
+    assert record["steps"] == steps and 0 <= record["quality"]["conditional_accuracy"] <= 1
+    assert unet.config.sample_size == 16 and samplers.null_label(unet) == 10

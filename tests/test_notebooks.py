@@ -192,3 +192,22 @@ def test_notebook_inversion_loop_is_coursekits():
     assert len(by_hand) == len(by_kit.latents) == 8
     for a, b in zip(by_hand, by_kit.latents):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+UNIT4_FAST = ROOT / "units" / "unit4" / "03_faster_sampling.ipynb"
+
+
+def test_notebook_distillation_target_is_coursekits():
+    from coursekit import distill
+
+    distillation_target = tagged(UNIT4_FAST, "teach-distillation-target")["distillation_target"]
+    unet, sched = tiny_unet(classes=3), tiny_scheduler()
+    torch.nn.init.normal_(unet.class_embedding.weight)
+    z, y = torch.randn(3, 1, 8, 8, generator=torch.Generator().manual_seed(6)), torch.tensor([0, 1, 3])
+    t, half = 720, 120
+    ab = sched.alphas_cumprod
+    with torch.no_grad():
+        eps_of = lambda x, i: samplers.predict_noise(unet, x, [t, t - half][i], y, 2.0)
+        ours = distillation_target(eps_of, z, ab[t], ab[t - half], ab[t - 2 * half])
+        kit, _ = distill.targets(unet, sched, z, t, 8, y, 2.0)
+    torch.testing.assert_close(ours, kit, atol=1e-5, rtol=1e-5)

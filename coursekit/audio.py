@@ -338,3 +338,37 @@ def load_model(name: str, device: str = "cpu"):
     config = next((p for p in (folder / "mel" / "mel_config.json", folder / "mel_config.json") if p.exists()), None)
     preset = preset_from_config(json.loads(config.read_text())) if config else PRESETS["teticio"]
     return unet, scheduler, preset
+
+
+def spectrogram_features(images: torch.Tensor) -> np.ndarray:
+    """Per image: the mean and spread of each mel row over time, a timbre summary that ignores
+    which notes are played when."""
+    x = images.detach().float().cpu().reshape(len(images), images.shape[-2], images.shape[-1])
+    return torch.cat([x.mean(-1), x.std(-1)], dim=1).numpy()
+
+
+@dataclass
+class GenreJudge:
+    """A logistic regression on `spectrogram_features`, fit on real slices only, to score
+    generated spectrograms by genre."""
+
+    model: object
+    held_out_accuracy: float
+
+    def predict(self, images: torch.Tensor) -> np.ndarray:
+        return self.model.predict(spectrogram_features(images))
+
+    def share(self, images: torch.Tensor, genre: int) -> float:
+        """Share of `images` classified as `genre`."""
+        return float(np.mean(self.predict(images) == genre))
+
+
+def genre_judge(images: torch.Tensor, labels: torch.Tensor, seed: int = 0) -> GenreJudge:
+    """Fit the judge on 80% of the slices and report its accuracy on the other 20%."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import train_test_split
+
+    feats, y = spectrogram_features(images), np.asarray(labels)
+    f_train, f_test, y_train, y_test = train_test_split(feats, y, test_size=0.2, random_state=seed, stratify=y)
+    model = LogisticRegression(max_iter=2000, C=1.0).fit(f_train, y_train)
+    return GenreJudge(model, float(model.score(f_test, y_test)))

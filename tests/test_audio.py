@@ -121,3 +121,13 @@ def test_audio_checkpoint_loads_as_unet_scheduler_and_mel_settings(tmp_path):
     unet, scheduler, preset = audio.load_model(str(folder))
     assert preset == audio.MelPreset(22050, 2048, 512, 8, 8, 80.0, 32)
     assert unet.config.sample_size == 8 and type(scheduler).__name__ == "DDPMScheduler"
+
+
+def test_genre_judge_tells_the_rendered_genres_apart(tmp_path, monkeypatch):
+    monkeypatch.setenv("COURSEKIT_CACHE", str(tmp_path))
+    images, labels = audio.spectrogram_dataset(audio.music_corpus(per_genre=4), P)
+    judge = audio.genre_judge(images, labels)
+    assert judge.held_out_accuracy > 0.9
+    assert judge.share(images[labels == 1], 1) > 0.9 and judge.share(images[labels == 0], 1) < 0.1
+    silence_like = -torch.ones(5, 1, P.n_mels, P.frames)
+    assert judge.predict(silence_like).shape == (5,)

@@ -12,7 +12,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -121,7 +122,10 @@ def write_wav(path, wave, sample_rate: int) -> Path:
     return Path(path)
 
 
+@lru_cache(maxsize=None)
 def _transforms(preset: MelPreset):
+    """The mel, inverse-mel and Griffin-Lim transforms of a preset, built once per preset
+    (they hold filter banks and windows; building them per slice dominated corpus conversion)."""
     import torchaudio.transforms as T
 
     mel = T.MelSpectrogram(sample_rate=preset.sample_rate, n_fft=preset.n_fft, hop_length=preset.hop_length,

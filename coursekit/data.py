@@ -27,6 +27,7 @@ def _digits():
     return images, digits.target.tolist(), [str(i) for i in range(10)]
 
 
+@lru_cache(maxsize=None)
 def _bundled_photos() -> dict[str, np.ndarray]:
     """RGB photos that ship inside scikit-learn, matplotlib and scikit-image (no download)."""
     import matplotlib.cbook
@@ -59,9 +60,7 @@ def _crops(photos: dict[str, np.ndarray], size: int = 32, windows=(64, 96, 128, 
 
 
 def _photo_crops():
-    photos = _bundled_photos()
-    del photos["flower"]
-    return _crops(photos)
+    return _crops({name: photo for name, photo in _bundled_photos().items() if name != "flower"})
 
 
 def _flower_crops():

@@ -69,6 +69,7 @@ def _flower_crops():
 
 SMALL: dict[str, Callable] = {"digits": _digits, "photo-crops": _photo_crops, "flower-crops": _flower_crops}
 AUDIO = ("music",)
+FULL_AUDIO = {"music_genres": "lewtun/music_genres"}
 
 
 @dataclass(frozen=True)
@@ -87,7 +88,8 @@ FULL = {
 
 
 def names() -> list[str]:
-    return sorted(SMALL) + list(AUDIO) + sorted(FULL) + sorted(d.repo for d in FULL.values())
+    return (sorted(SMALL) + list(AUDIO) + sorted(FULL) + sorted(d.repo for d in FULL.values())
+            + sorted(FULL_AUDIO) + sorted(FULL_AUDIO.values()))
 
 
 @lru_cache(maxsize=None)
@@ -116,19 +118,47 @@ def _music():
                               "label": corpus["genre"], "title": corpus["title"]}, features=features)
 
 
-def _full(spec: HubDataset, split: str):
+def _hub_dataset(repo: str, small: str, split: str):
     from datasets import load_dataset
 
     from . import hub, tracks
 
-    if not tracks.is_cached(spec.repo, "dataset") and not tracks.hub_reachable():
+    if not tracks.is_cached(repo, "dataset") and not tracks.hub_reachable():
         why = "HF_HUB_OFFLINE is set" if tracks.hub_offline_flag() else "the Hub is unreachable"
         raise DataError(
-            f"{spec.repo} is a full-track dataset, it is not in the Hugging Face cache, and {why}. "
-            f"Use the small-track equivalent: coursekit.data.load({spec.small!r}); "
+            f"{repo} is a full-track dataset, it is not in the Hugging Face cache, and {why}. "
+            f"Use the small-track equivalent: coursekit.data.load({small!r}); "
             "or fetch it first on a machine with network access."
         )
-    ds = load_dataset(spec.repo, revision=hub.revision(spec.repo), split=split)
+    return load_dataset(repo, revision=hub.revision(repo), split=split)
+
+
+def _decode_audio(batch):
+    import io
+
+    import soundfile as sf
+
+    waves, rates = [], []
+    for item in batch["audio"]:
+        source = io.BytesIO(item["bytes"]) if item.get("bytes") else item["path"]
+        wave, rate = sf.read(source, dtype="float32", always_2d=True)
+        waves.append(wave.mean(1))
+        rates.append(rate)
+    return {**batch, "audio": waves, "sampling_rate": rates}
+
+
+def _full_audio(repo: str, split: str):
+    """A Hub audio dataset (columns audio, genre) with the small set's columns: audio as float
+    samples (decoded with soundfile when a row is read, stereo mixed down), sampling_rate, label."""
+    from datasets import Audio
+
+    ds = _hub_dataset(repo, "music", split).cast_column("audio", Audio(decode=False))
+    ds = ds.class_encode_column("genre").rename_column("genre", "label").select_columns(["audio", "label"])
+    return ds.with_transform(_decode_audio)
+
+
+def _full(spec: HubDataset, split: str):
+    ds = _hub_dataset(spec.repo, spec.small, split)
     keep = {spec.image: "image"}
     if spec.label:
         keep[spec.label] = "label"
@@ -146,11 +176,17 @@ def load(name: str, split: str = "train"):
     crops of six bundled photos, labelled by photo) and 'flower-crops' (crops of one orange flower
     on a dark green ground, the set to fine-tune towards). Full track: 'mnist', 'butterflies', 'wikiart'
     or their Hub ids.
+
+    Audio: 'music' (small track: Bach chorales and fiddle reels rendered offline, columns audio,
+    sampling_rate, label, title) and 'music_genres' (full track: lewtun/music_genres, the same
+    columns, decoded as rows are read).
     """
     if name in SMALL:
         return _small(name).with_format(None)
     if name in AUDIO:
         return _music().with_format(None)  # a fresh object: set_format on it cannot touch the cache
+    if name in FULL_AUDIO or name in FULL_AUDIO.values():
+        return _full_audio(FULL_AUDIO.get(name, name), split)
     spec = FULL.get(name) or next((d for d in FULL.values() if d.repo == name), None)
     if spec is None:
         raise DataError(f"unknown dataset {name!r}; known: {', '.join(names())}")

@@ -110,8 +110,10 @@ def train(unet, scheduler, images: torch.Tensor, labels: torch.Tensor | None = N
 
     if images.ndim != 4 or images.shape[1] != unet.config.in_channels:
         raise ValueError(f"images must be (N, {unet.config.in_channels}, H, W) for this UNet, got {tuple(images.shape)}")
-    if images.shape[-1] != unet.config.sample_size and unet.config.sample_size is not None:
-        raise ValueError(f"images are {images.shape[-1]}px but the UNet expects {unet.config.sample_size}px; resize them")
+    size = unet.config.sample_size
+    size = (size, size) if isinstance(size, int) else tuple(size or images.shape[-2:])
+    if tuple(images.shape[-2:]) != size:
+        raise ValueError(f"images are {images.shape[-2]}x{images.shape[-1]} but the UNet expects {size[0]}x{size[1]}; resize them")
     if images.min() < -1.001 or images.max() > 1.001:
         raise ValueError("images must lie in [-1, 1]; use coursekit.data.to_tensor")
     null = null_label(unet)

@@ -48,11 +48,22 @@ class Recipe:
     eval_guidance: float = 1.0
     conditioning: str = "embedding"
     num_classes: int | None = None
+    audio_preset: str | None = None
+    genre: str | None = None
     extra: dict = field(default_factory=dict)
 
     @property
     def conditional(self) -> bool:
         return self.num_classes is not None
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """(height, width) of the model's images: mel rows by frames for audio, else size by size."""
+        if self.audio_preset:
+            from .audio import PRESETS
+
+            return PRESETS[self.audio_preset].n_mels, PRESETS[self.audio_preset].frames
+        return self.size, self.size
 
 
 _DIGITS_UNET = dict(
@@ -83,6 +94,12 @@ RECIPES = {
                     "matplotlib and scikit-image); the starting point for fine-tuning on flower crops.",
         dataset="photo-crops", size=16, channels=3, unet=_DIGITS_UNET, steps=1500,
     ),
+    "chorales": Recipe(
+        description="Unconditional mel spectrograms (64 mel rows by 32 frames, about one second at 8 kHz) of "
+                    "Bach chorales rendered on an organ-like timbre; the starting point for fine-tuning on fiddle reels.",
+        dataset="music", size=64, channels=1, unet=_DIGITS_UNET, steps=800, batch_size=32, lr=1e-3,
+        audio_preset="small", genre="chorale",
+    ),
 }
 
 CHANNELS_FILE = "class_channels.safetensors"
@@ -104,7 +121,8 @@ def build(recipe: Recipe):
         unet = class_channels_unet(recipe.size, recipe.channels, recipe.num_classes, **recipe.unet)
     else:
         extra = {"num_class_embeds": recipe.num_classes + 1} if recipe.conditional else {}
-        unet = UNet2DModel(sample_size=recipe.size, in_channels=recipe.channels,
+        size = recipe.size if not recipe.audio_preset else recipe.shape
+        unet = UNet2DModel(sample_size=size, in_channels=recipe.channels,
                            out_channels=recipe.channels, **recipe.unet, **extra)
     scheduler = DDPMScheduler(num_train_timesteps=1000, beta_schedule=recipe.beta_schedule)
     return unet, scheduler
@@ -192,14 +210,39 @@ def _load_channels(inner, path: Path):
     return model
 
 
+def training_images(recipe: Recipe):
+    """(images in [-1, 1], labels or None) that `recipe` trains on."""
+    from . import data
+
+    if recipe.audio_preset:
+        from . import audio
+
+        images, _ = audio.dataset_images(data.load(recipe.dataset), audio.PRESETS[recipe.audio_preset], recipe.genre)
+        return images, None
+    images, labels = data.tensors(data.load(recipe.dataset), recipe.size, recipe.channels)
+    return images, labels if recipe.conditional else None
+
+
 def evaluate(unet, scheduler, recipe: Recipe, per_class: int = 50, seed: int = 1) -> dict:
-    """Measured quality with the independent digit classifier (coursekit.metrics)."""
+    """Measured quality: the independent digit classifier (coursekit.metrics) for digits, the genre
+    judge (coursekit.audio) for spectrograms, pixel FD to the training set otherwise."""
     import torch
 
     from . import metrics, samplers
 
     g = torch.Generator().manual_seed(seed)
     n = per_class * 10
+    if recipe.audio_preset:
+        from . import audio
+
+        n = per_class * 2
+        x = samplers.ddim(unet, scheduler, samplers.noise(unet, n, g), steps=recipe.eval_steps, generator=g, progress=False)
+        real, _ = training_images(recipe)
+        judge = audio.corpus_judge(recipe.audio_preset)
+        return {"samples": n, "sampler": f"DDIM, {recipe.eval_steps} steps, eta 0",
+                "genre_judge_held_out_accuracy": round(judge.held_out_accuracy, 4),
+                f"share judged {recipe.genre}": round(judge.share(x, audio.GENRES.index(recipe.genre)), 4),
+                f"pixel_fd to {recipe.genre} spectrograms": round(metrics.pixel_fd(x, real), 3)}
     if recipe.dataset != "digits":
         from . import data
 
@@ -227,7 +270,14 @@ def _card(name: str, recipe: Recipe, n_params: int, seconds: float, steps: int, 
     model = ("diffusers `UNet2DModel` inside `coursekit.guidance.ClassChannelsUNet` (label embedding in "
              f"`{CHANNELS_FILE}`)" if recipe.conditioning == "channels" else "diffusers `UNet2DModel`")
     judged = ("Judged by `coursekit.metrics.digit_judge()`, a classifier fit on real digits only." if recipe.dataset == "digits"
-              else f"`coursekit.metrics.pixel_fd` between samples and the training set (lower is closer).")
+              else "`coursekit.audio.corpus_judge()`, a genre classifier fit on real slices only, and pixel FD to the "
+                   "training spectrograms." if recipe.audio_preset
+              else "`coursekit.metrics.pixel_fd` between samples and the training set (lower is closer).")
+    height, width = recipe.shape
+    data_line = (f"`coursekit.audio.dataset_images(coursekit.data.load({recipe.dataset!r}), PRESETS[{recipe.audio_preset!r}], "
+                 f"{recipe.genre!r})`: {height} mel rows x {width} frames, values in [-1, 1]; the mel settings are in "
+                 "`mel_config.json`." if recipe.audio_preset else
+                 f"`coursekit.data.load({recipe.dataset!r})`, {height}x{width}, {recipe.channels} channel(s), values in [-1, 1].")
     return f"""---
 library_name: diffusers
 tags: [coursekit, diffusion, small-track]
@@ -236,7 +286,7 @@ tags: [coursekit, diffusion, small-track]
 
 {recipe.description}
 
-- **Data**: `coursekit.data.load({recipe.dataset!r})`, {recipe.size}x{recipe.size}, {recipe.channels} channel(s), values in [-1, 1].
+- **Data**: {data_line}
 - **Model**: {model}, {n_params:,} parameters; `DDPMScheduler` with the `{recipe.beta_schedule}` schedule, 1000 training steps.
 - **Recipe**: {steps} optimizer steps, batch {recipe.batch_size}, AdamW lr {recipe.lr} (cosine, {recipe.warmup} warm-up steps), EMA {recipe.ema_decay}, label dropout {recipe.p_uncond}, seed {recipe.seed}. Full recipe: `coursekit.zoo.RECIPES[{name!r}]`.
 - **Training time**: {seconds / 60:.1f} minutes on {platform.machine()} CPU, one torch thread.
@@ -276,7 +326,7 @@ def train(name: str, out: str | os.PathLike | None = None, steps: int | None = N
     """Retrain zoo checkpoint `name` from its recipe into `out` (default: the package's zoo folder)."""
     import torch
 
-    from . import data, train as training
+    from . import train as training
 
     if name not in RECIPES:
         raise ZooError(f"no recipe named {name!r}; known: {', '.join(names())}")
@@ -286,15 +336,19 @@ def train(name: str, out: str | os.PathLike | None = None, steps: int | None = N
     out = Path(out) if out else ZOO_DIR / name
     steps = steps or recipe.steps
     unet, scheduler = build(recipe)
-    images, labels = data.tensors(data.load(recipe.dataset), recipe.size, recipe.channels)
+    images, labels = training_images(recipe)
     work = out.with_name(out.name + ".work")
-    result = training.train(unet, scheduler, images, labels if recipe.conditional else None,
+    result = training.train(unet, scheduler, images, labels,
                             steps=steps, batch_size=recipe.batch_size, lr=recipe.lr,
                             warmup=min(recipe.warmup, steps // 2), ema_decay=recipe.ema_decay,
                             p_uncond=recipe.p_uncond, seed=recipe.seed, out_dir=work,
                             progress=progress)
     model = result.best
     save(model, scheduler, out)
+    if recipe.audio_preset:
+        from . import audio
+
+        (out / "mel_config.json").write_text(json.dumps(audio.mel_config(audio.PRESETS[recipe.audio_preset]), indent=2) + "\n")
     write_card(out, name, model, steps, result.seconds, evaluate(model, scheduler, recipe) if evaluate_after else {})
     shutil.rmtree(work, ignore_errors=True)
     return out

@@ -39,7 +39,7 @@ def test_roundtrip_quality_on_synthetic_signals():
 
 
 def test_from_image_refuses_the_wrong_shape():
-    with pytest.raises(audio.AudioError, match=r"\(64, 64\)"):
+    with pytest.raises(audio.AudioError, match=r"\(64, 32\)"):
         audio.from_image(torch.zeros(1, 32, 32), P)
 
 
@@ -131,3 +131,67 @@ def test_genre_judge_tells_the_rendered_genres_apart(tmp_path, monkeypatch):
     assert judge.share(images[labels == 1], 1) > 0.9 and judge.share(images[labels == 0], 1) < 0.1
     silence_like = -torch.ones(5, 1, P.n_mels, P.frames)
     assert judge.predict(silence_like).shape == (5,)
+
+
+def _fake_music(monkeypatch, waves, genres):
+    monkeypatch.setattr(audio, "music_corpus", lambda: {"wave": waves, "genre": genres, "title": [str(i) for i in range(len(waves))]})
+    data._music.cache_clear()
+
+
+def test_dataset_images_keeps_one_genre_by_name_and_refuses_unknown_ones(monkeypatch):
+    low, high, short = tone(200, 2.5).numpy(), tone(1500, 3.5).numpy(), tone(300, 0.3).numpy()
+    _fake_music(monkeypatch, [low, high, short, high], [0, 1, 0, 1])
+    try:
+        ds = data.load("music")
+        images, labels = audio.dataset_images(ds, P, "fiddle")
+        assert images.shape == (6, 1, P.n_mels, P.frames) and labels.tolist() == [1] * 6
+        torch.testing.assert_close(images[0], audio.to_image(torch.from_numpy(high[:P.slice_samples]), P))
+        assert len(audio.dataset_images(ds, P, "fiddle", pieces=1)[0]) == 3
+        assert len(audio.dataset_images(ds, P)[0]) == 8  # the too-short piece gives no slice
+        with pytest.raises(audio.AudioError, match="unknown genre 'jazz'.*chorale, fiddle"):
+            audio.dataset_images(ds, P, "jazz")
+    finally:
+        data._music.cache_clear()
+
+
+def test_full_track_music_dataset_decodes_to_the_small_sets_columns(tmp_path, monkeypatch):
+    """lewtun/music_genres' layout (audio, song_id, genre_id, genre), with the Hub replaced by a
+    local dataset: decoded with soundfile when read, stereo mixed down, genre as a class label."""
+    import datasets
+    import soundfile as sf
+
+    from coursekit import hub, tracks
+
+    paths = []
+    for i, (freq, channels) in enumerate([(220, 1), (880, 2), (330, 1)]):
+        w = tone(freq, 2.0, rate=22050).numpy()
+        paths.append(str(tmp_path / f"{i}.wav"))
+        sf.write(paths[-1], np.stack([w] * channels, 1) if channels == 2 else w, 22050)
+    genres = datasets.Dataset.from_dict({"audio": paths, "song_id": [1, 2, 3], "genre_id": [5, 7, 5],
+                                         "genre": ["Jazz", "Hip-Hop", "Jazz"]}).cast_column("audio", datasets.Audio())
+    calls = {}
+
+    def fake_load_dataset(repo, revision=None, split=None):
+        calls.update(repo=repo, revision=revision, split=split)
+        return genres
+
+    monkeypatch.setattr(tracks, "is_cached", lambda repo, kind="model": True)
+    monkeypatch.setattr(hub, "pins", lambda: {"lewtun/music_genres": "c" * 40})
+    monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
+    ds = data.load("music_genres")
+    assert calls == {"repo": "lewtun/music_genres", "revision": "c" * 40, "split": "train"}
+    assert ds.features["label"].names == ["Hip-Hop", "Jazz"]
+    row = ds[1]
+    assert row["sampling_rate"] == 22050 and np.asarray(row["audio"]).ndim == 1 and len(row["audio"]) == 44100
+    images, labels = audio.dataset_images(ds, P, "Jazz")
+    assert len(images) == 2 * int(2.0 * P.sample_rate // P.slice_samples) and set(labels.tolist()) == {1}
+
+
+def test_full_track_music_dataset_offline_names_the_small_set():
+    with pytest.raises(data.DataError, match=r"lewtun/music_genres .*data.load\('music'\)"):
+        data.load("music_genres")
+
+
+def test_mel_config_round_trips_through_preset_from_config():
+    for preset in audio.PRESETS.values():
+        assert audio.preset_from_config(audio.mel_config(preset)) == preset

@@ -211,3 +211,18 @@ def test_notebook_distillation_target_is_coursekits():
         ours = distillation_target(eps_of, z, ab[t], ab[t - half], ab[t - 2 * half])
         kit, _ = distill.targets(unet, sched, z, t, 8, y, 2.0)
     torch.testing.assert_close(ours, kit, atol=1e-5, rtol=1e-5)
+
+
+UNIT4_AUDIO = ROOT / "units" / "unit4" / "02_diffusion_for_audio.ipynb"
+
+
+def test_notebook_mel_image_is_coursekits_to_image():
+    import math
+
+    from coursekit import audio
+
+    mel_image = tagged(UNIT4_AUDIO, "teach-mel-image")["mel_image"]
+    for preset in audio.PRESETS.values():
+        t = torch.arange(preset.slice_samples) / preset.sample_rate
+        wave = 0.3 * torch.sin(2 * math.pi * 330 * t) + 0.1 * torch.sin(2 * math.pi * 1234 * t) * (t > t.mean())
+        torch.testing.assert_close(mel_image(wave, preset), audio.to_image(wave, preset), atol=1e-4, rtol=1e-4)

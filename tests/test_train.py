@@ -85,7 +85,7 @@ def test_bad_training_inputs_are_refused():
     x, labels = blobs()
     with pytest.raises(ValueError, match=r"\(N, 1, H, W\)"):
         train.train(tiny_unet(), tiny_scheduler(), x.repeat(1, 3, 1, 1), steps=1, progress=False)
-    with pytest.raises(ValueError, match="expects 8px"):
+    with pytest.raises(ValueError, match="expects 8x8"):
         train.train(tiny_unet(), tiny_scheduler(), torch.zeros(4, 1, 16, 16), steps=1, progress=False)
     with pytest.raises(ValueError, match=r"\[-1, 1\]"):
         train.train(tiny_unet(), tiny_scheduler(), x * 255, steps=1, progress=False)

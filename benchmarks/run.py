@@ -155,20 +155,14 @@ def classifier_guidance_success(per_class: int = 10) -> dict:
 
 
 def notebook_setting(notebook: str, key: str, track: int = 0):
-    """The small-track (track 0) value of `key` in a notebook's `tracks.Settings(...)` cell, read
-    from the notebook itself so that a figure measured "at the notebook's setting" follows it."""
-    import ast
+    """The small-track (track 0) value of `key` in a notebook's settings cell, read from the
+    notebook itself so that a figure measured "at the notebook's setting" follows it."""
+    from coursekit.cli import notebook_settings
 
-    import nbformat
-
-    nb = nbformat.read(ROOT / "units" / notebook, as_version=4)
-    source = next(c.source for c in nb.cells if c.cell_type == "code" and "tracks.Settings(" in c.source)
-    for node in ast.walk(ast.parse(source)):
-        if isinstance(node, ast.Call) and getattr(node.func, "attr", None) == "Settings":
-            for kw in node.keywords:
-                if kw.arg == key:
-                    return ast.literal_eval(kw.value)[track]
-    raise KeyError(f"{notebook} has no setting {key!r}")
+    settings = notebook_settings(ROOT / "units" / notebook)
+    if key not in settings:
+        raise KeyError(f"{notebook} has no setting {key!r}")
+    return settings[key][track]
 
 
 UNIT2_GUIDE = "unit2/01_finetuning_and_guidance.ipynb"
@@ -360,6 +354,58 @@ def samplers_table(per_class: int = 20) -> dict:
             "setting": f"digits-cond, guidance {scale}, {len(labels)} samples; value = slowest time over fastest"}
 
 
+UNIT4_AUDIO = "unit4/02_diffusion_for_audio.ipynb"
+
+
+def audio_roundtrip_db(per_genre: int = 100) -> dict:
+    """Spectral SNR of audio -> mel image -> Griffin-Lim audio over slices of the small corpus,
+    the audio notebook's preset (the model's mel_config.json)."""
+    from coursekit import audio, data
+
+    _, _, preset = audio.load_model(notebook_setting(UNIT4_AUDIO, "model"))
+    ds, out = data.load("music"), {}
+    for genre in audio.GENRES:
+        rows = ds.select([i for i, g in enumerate(ds["label"]) if g == audio.GENRES.index(genre)])
+        pieces = [p for row in rows for p in audio.slices(torch.tensor(row["audio"]), preset) if p.abs().max() > 1e-3]
+        picked = torch.randperm(len(pieces), generator=torch.Generator().manual_seed(0))[:per_genre]
+        out[genre] = float(np.mean([audio.roundtrip_db(pieces[i], preset) for i in picked]))
+    value = float(np.mean(list(out.values())))
+    return {"value": value, "target": ">= 5", "unit": "dB", "met": value >= 5,
+            **{f"{g}_db": v for g, v in out.items()},
+            "setting": f"{per_genre} random slices per genre, {preset.n_mels}x{preset.frames} mel, "
+                       f"Griffin-Lim {preset.n_iter} iterations; the 5 dB target is this project's choice"}
+
+
+def genre_shift(n: int = 100) -> dict:
+    """Share of generated clips the genre judge calls the second genre after fine-tuning over
+    before, with the audio notebook's settings, model, judge and fine-tuning loop."""
+    import copy
+
+    from coursekit import audio, data, train
+
+    get = lambda key: notebook_setting(UNIT4_AUDIO, key)
+    unet, scheduler, preset = audio.load_model(get("model"))
+    ds = data.load(get("dataset"))
+    source = audio.dataset_images(ds, preset, get("source_genre"), pieces=get("pieces"))[0]
+    target = audio.dataset_images(ds, preset, get("target_genre"), pieces=get("pieces"))[0]
+    judge = audio.genre_judge(torch.cat([source, target]), torch.cat([torch.zeros(len(source)), torch.ones(len(target))]).long())
+    noise = samplers.noise(unet, n, torch.Generator().manual_seed(1))
+    share = lambda model: judge.share(samplers.ddim(model, scheduler, noise, steps=get("ddim_steps"), progress=False), 1)
+    before = share(unet)
+    began = time.perf_counter()
+    tuned = train.train(copy.deepcopy(unet), scheduler, target, steps=get("finetune_steps"), batch_size=get("batch_size"),
+                        lr=get("lr"), warmup=10, seed=0, progress=False).unet.eval()
+    seconds = time.perf_counter() - began
+    after = share(tuned)
+    value = after / max(before, 1 / n)
+    return {"value": value, "target": ">= 3, after >= 0.7", "unit": "ratio", "met": value >= 3 and after >= 0.7,
+            "share_before": before, "share_after": after, "judge_held_out_accuracy": judge.held_out_accuracy,
+            "finetune_seconds": seconds,
+            "setting": f"{get('model')}: {get('source_genre')} -> {get('target_genre')}, {get('finetune_steps')} steps "
+                       f"of {get('batch_size')}, lr {get('lr')}, {n} clips, DDIM {get('ddim_steps')} steps "
+                       f"(before floored at 1/{n})"}
+
+
 FIGURES = {
     "ddim_vs_diffusers": ddim_vs_diffusers,
     "cfg_batched_vs_naive": cfg_batched_vs_naive,
@@ -373,6 +419,8 @@ FIGURES = {
     "edit_success": edit_success,
     "distilled_4step_accuracy": distilled_4step_accuracy,
     "samplers_table": samplers_table,
+    "audio_roundtrip_db": audio_roundtrip_db,
+    "genre_shift": genre_shift,
 }
 
 

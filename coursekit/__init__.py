@@ -3,4 +3,4 @@
 One module per idea: tracks, data, zoo, samplers, train, metrics, viz. Import what you need,
 for example `from coursekit import samplers, zoo`; nothing heavy loads until it is used.
 """
-__version__ = "0.1.0"
+__version__ = "0.2.0"

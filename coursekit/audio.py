@@ -107,7 +107,7 @@ def read_wav(path, sample_rate: int | None = None) -> tuple[torch.Tensor, int]:
     import soundfile as sf
 
     try:
-        data, rate = sf.read(str(path), dtype="float32", always_2d=True)
+        data, rate = sf.read(path if hasattr(path, "read") else str(path), dtype="float32", always_2d=True)
     except (sf.LibsndfileError, RuntimeError, TypeError) as e:
         raise AudioError(f"{path} is not a readable sound file ({e}); use WAV, FLAC or OGG") from None
     if data.shape[0] == 0:
@@ -121,13 +121,14 @@ def read_wav(path, sample_rate: int | None = None) -> tuple[torch.Tensor, int]:
     return wave, rate
 
 
-def write_wav(path, wave, sample_rate: int) -> Path:
-    """Write mono float audio as 16-bit WAV (clipped to [-1, 1])."""
+def write_wav(path, wave, sample_rate: int):
+    """Write mono float audio as 16-bit WAV (clipped to [-1, 1]) to a path or a binary file object."""
     import soundfile as sf
 
     wave = check_wave(wave, sample_rate)
-    sf.write(str(path), wave.clamp(-1, 1).numpy(), sample_rate, subtype="PCM_16")
-    return Path(path)
+    target = path if hasattr(path, "write") else str(path)
+    sf.write(target, wave.clamp(-1, 1).numpy(), sample_rate, subtype="PCM_16", format="WAV")
+    return path if hasattr(path, "write") else Path(path)
 
 
 @lru_cache(maxsize=None)

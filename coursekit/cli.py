@@ -1,10 +1,18 @@
 """The `coursekit` command.
 
     coursekit run [NOTEBOOK_OR_FOLDER ...] [--track small|full] [--out build]
+    coursekit doctor [NOTEBOOK_OR_FOLDER ...]
+    coursekit prefetch [--unit N]
 
-executes notebooks headless, writes the executed copies and their HTML next to an index page
-(build/index.html) with each notebook's wall time and status. A notebook that fails is still
-written, up to the failing cell, and the command exits non-zero.
+`run` executes notebooks headless, writes the executed copies and their HTML next to an index
+page (build/index.html) with each notebook's wall time and status. A notebook that fails is
+still written, up to the failing cell, and the command exits non-zero.
+
+`doctor` reports what this machine can run: device, track, package versions, Hub reachability,
+free disk, which full-track repos are cached, and each notebook's track here.
+
+`prefetch` downloads every pinned full-track model and dataset (or one unit's) into the Hugging
+Face cache ahead of a workshop, prints sizes, resumes interrupted downloads and verifies them.
 """
 from __future__ import annotations
 
@@ -90,6 +98,142 @@ def cmd_run(args) -> int:
     return 0 if all(r["status"] == "ok" for r in results) else 1
 
 
+def notebook_settings(path: str | os.PathLike) -> dict[str, tuple]:
+    """{key: (small, full)} from a notebook's `tracks.Settings(...)` cell, read without running it."""
+    import ast
+
+    import nbformat
+
+    nb = nbformat.read(str(path), as_version=4)
+    for cell in nb.cells:
+        if cell.cell_type == "code" and "tracks.Settings(" in cell.source:
+            for node in ast.walk(ast.parse(cell.source)):
+                if isinstance(node, ast.Call) and getattr(node.func, "attr", None) == "Settings":
+                    return {kw.arg: ast.literal_eval(kw.value) for kw in node.keywords}
+    raise ValueError(f"{path} has no tracks.Settings(...) cell")
+
+
+def notebook_needs(path) -> list[tuple[str, str]]:
+    """The Hub repos (repo_id, 'model' or 'dataset') a notebook's full track loads."""
+    from .tracks import _hub_needs
+
+    return _hub_needs({k: v[1] for k, v in notebook_settings(path).items()})
+
+
+def _size(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path.exists() else 0
+
+
+def _gb(n: int) -> str:
+    return f"{n / 1e9:.2f} GB" if n >= 1e8 else f"{n / 1e6:.1f} MB"
+
+
+def doctor(paths: list[str] | None = None) -> dict:
+    """What this machine can run, as a dict; `cmd_doctor` prints it."""
+    import importlib.metadata as md
+    import shutil
+
+    from huggingface_hub import constants
+
+    from . import hub, tracks, zoo
+
+    versions = {}
+    for pkg in ("coursekit", "torch", "torchaudio", "diffusers", "transformers", "datasets", "accelerate"):
+        try:
+            versions[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            versions[pkg] = "missing"
+    dev, reachable = tracks.device(), tracks.hub_reachable()
+    cache = Path(constants.HF_HUB_CACHE)
+    probe = cache if cache.exists() else Path.home()
+    cached = {repo: tracks.is_cached(repo, "dataset" if repo in hub.DATASETS else "model")
+              for repo in hub.MODELS + hub.DATASETS}
+    zoo_ok = all((zoo.ZOO_DIR / n / "unet").is_dir() for n in zoo.names())
+    notebooks = []
+    for nb in find_notebooks(paths or (["units"] if Path("units").is_dir() else [])):
+        needs = notebook_needs(nb)
+        missing = tracks.missing_for_full(needs, check_hub=reachable)
+        notebooks.append({"notebook": str(nb), "small": "yes" if zoo_ok else "no: zoo checkpoints missing",
+                          "full": "yes" if not missing else "no: needs " + "; ".join(missing),
+                          "needs": [r for r, _ in needs]})
+    track = "full" if notebooks and all(n["full"] == "yes" for n in notebooks) else "small"
+    if not zoo_ok:
+        verdict = "broken install: zoo checkpoints are missing; reinstall coursekit"
+    elif track == "full":
+        verdict = f"ready for the full track on {dev}"
+    elif dev == "cpu":
+        verdict = "ready for the small track (no GPU, so the full track cannot run here)"
+    else:
+        verdict = (f"ready for the small track; the full track needs its Hub repos: run `coursekit prefetch` "
+                   f"on a network{' (the Hub is unreachable now)' if not reachable else ''}")
+    return {"device": dev, "host": tracks.host(), "track_picked": track, "versions": versions,
+            "hub_reachable": reachable, "hub_offline_flag": tracks.hub_offline_flag(),
+            "hf_cache": str(cache), "free_disk": shutil.disk_usage(probe).free, "cached": cached,
+            "zoo_complete": zoo_ok, "notebooks": notebooks, "verdict": verdict}
+
+
+def cmd_doctor(args) -> int:
+    report = doctor(args.paths)
+    print(f"device:        {report['device']} ({report['host']})")
+    print("packages:      " + ", ".join(f"{k} {v}" for k, v in report["versions"].items()))
+    print(f"Hub:           {'reachable' if report['hub_reachable'] else 'unreachable'}"
+          f"{' (HF_HUB_OFFLINE is set)' if report['hub_offline_flag'] else ''}")
+    print(f"cache:         {report['hf_cache']}, {_gb(report['free_disk'])} free")
+    print("cached repos:  " + (", ".join(r for r, ok in report["cached"].items() if ok) or "none"))
+    print("not cached:    " + (", ".join(r for r, ok in report["cached"].items() if not ok) or "none"))
+    print(f"zoo:           {'complete' if report['zoo_complete'] else 'MISSING checkpoints'}")
+    for n in report["notebooks"]:
+        print(f"  {n['notebook']}: small {n['small']}; full {n['full']}")
+    print(f"verdict:       {report['verdict']}")
+    return 0 if report["zoo_complete"] else 1
+
+
+def prefetch_plan(unit: int | None = None, root: str = "units") -> list[tuple[str, str]]:
+    """(repo_id, 'model' or 'dataset') for every pinned full-track repo, or one unit's."""
+    from . import hub
+
+    if unit is None:
+        return [(r, "model") for r in hub.MODELS] + [(r, "dataset") for r in hub.DATASETS]
+    folder = Path(root) / f"unit{unit}"
+    if not folder.is_dir():
+        raise SystemExit(f"coursekit prefetch: no {folder}; units are "
+                         + ", ".join(sorted(p.name for p in Path(root).glob("unit*"))))
+    plan = []
+    for nb in find_notebooks([str(folder)]):
+        plan += [n for n in notebook_needs(nb) if n not in plan]
+    return plan
+
+
+def prefetch(unit: int | None = None, root: str = "units") -> list[dict]:
+    """Download the plan's repos at their pinned revisions (safetensors and configs only for
+    models), resuming partial downloads; then check each is complete from the cache alone."""
+    from huggingface_hub import snapshot_download
+
+    from . import hub, tracks
+
+    plan = prefetch_plan(unit, root)
+    if not tracks.hub_reachable():
+        why = "HF_HUB_OFFLINE is set" if tracks.hub_offline_flag() else "huggingface.co cannot be reached"
+        raise SystemExit(f"coursekit prefetch: {why}, so nothing was downloaded. Run it on a machine with "
+                         "network access (the cache it fills can be copied: HF_HOME), or use the small track, "
+                         "which needs no downloads.")
+    done = []
+    for repo, kind in plan:
+        patterns = dict(allow_patterns=["*.json", "*.safetensors", "*.txt", "*.model", "*.md"],
+                        ignore_patterns=["*.bin", "*.ckpt", "*.pt", "*.msgpack", "*.onnx", "*.h5"]) if kind == "model" else {}
+        began = time.perf_counter()
+        folder = snapshot_download(repo, repo_type=kind, revision=hub.revision(repo), **patterns)
+        again = snapshot_download(repo, repo_type=kind, revision=hub.revision(repo), local_files_only=True, **patterns)
+        if Path(again) != Path(folder):
+            raise SystemExit(f"coursekit prefetch: {repo} did not verify from the cache; run prefetch again")
+        size = _size(Path(folder))
+        done.append({"repo": repo, "kind": kind, "revision": hub.revision(repo), "bytes": size,
+                     "seconds": round(time.perf_counter() - began, 1)})
+        print(f"{kind:8} {repo}: {_gb(size)} in {done[-1]['seconds']} s", flush=True)
+    print(f"prefetched {len(done)} repos, {_gb(sum(d['bytes'] for d in done))} in all")
+    return done
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(prog="coursekit", description="coursekit: the course's command")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -98,7 +242,17 @@ def main(argv=None) -> None:
     run.add_argument("--track", choices=["small", "full"], help="force a track (default: picked automatically)")
     run.add_argument("--out", default="build", help="output folder (default: build)")
     run.add_argument("--timeout", type=int, default=1800, help="seconds allowed per cell")
+    doc = sub.add_parser("doctor", help="what this machine can run, notebook by notebook")
+    doc.add_argument("paths", nargs="*", help="notebooks or folders (default: units, when present)")
+    pre = sub.add_parser("prefetch", help="download the pinned full-track models and datasets ahead of time")
+    pre.add_argument("--unit", type=int, help="only what this unit's notebooks load")
+    pre.add_argument("--units-dir", default="units", help="where the notebooks are (for --unit)")
     args = parser.parse_args(argv)
+    if args.command == "doctor":
+        sys.exit(cmd_doctor(args))
+    if args.command == "prefetch":
+        prefetch(args.unit, args.units_dir)
+        sys.exit(0)
     sys.exit(cmd_run(args))
 
 

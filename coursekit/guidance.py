@@ -268,7 +268,7 @@ def parse_colour(colour) -> tuple[float, float, float]:
 
 
 def colour_guided_grid(unet, scheduler, colour, scale: float, *, seed: int = 0, n: int = 8, steps: int = 20,
-                       through_unet: bool = False):
+                       through_unet: bool = False, callback=None):
     """`n` samples guided toward `colour` at `scale`, as one PIL grid with a swatch of the target
     beside them; what the demo shows for one press of its button."""
     from PIL import Image
@@ -278,7 +278,7 @@ def colour_guided_grid(unet, scheduler, colour, scale: float, *, seed: int = 0, 
     rgb = parse_colour(colour)
     g = torch.Generator().manual_seed(int(seed))
     x = sample(unet, scheduler, samplers.noise(unet, n, g), colour_loss(rgb), scale=float(scale), steps=steps,
-               through_unet=through_unet, generator=g, progress=False)
+               through_unet=through_unet, generator=g, progress=False, callback=callback)
     grid = viz.image_grid(x, nrow=n, scale=max(1, 64 // unet.config.sample_size))
     swatch = Image.new("RGB", (grid.height, grid.height), tuple(round(v * 255) for v in rgb))
     out = Image.new("RGB", (grid.width + swatch.width + 8, grid.height), "white")

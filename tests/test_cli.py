@@ -37,3 +37,83 @@ def test_run_refuses_a_path_that_is_not_a_notebook(tmp_path):
 
     with pytest.raises(SystemExit, match="neither a notebook nor a folder"):
         cli.find_notebooks([str(tmp_path / "missing.txt")])
+
+
+ROOT = __import__("pathlib").Path(__file__).parent.parent
+
+
+def test_notebook_settings_and_needs_are_read_without_running(tmp_path):
+    nb = write(tmp_path / "s.ipynb", "from coursekit import tracks\n"
+               "S = tracks.Settings(model=('digits-cond', 'org/model'), dataset=('digits', 'org/data'), steps=(5, 50))")
+    assert cli.notebook_settings(nb) == {"model": ("digits-cond", "org/model"), "dataset": ("digits", "org/data"), "steps": (5, 50)}
+    assert cli.notebook_needs(nb) == [("org/model", "model"), ("org/data", "dataset")]
+    audio_needs = cli.notebook_needs(ROOT / "units" / "unit4" / "02_diffusion_for_audio.ipynb")
+    assert audio_needs == [("teticio/audio-diffusion-instrumental-hiphop-256", "model"), ("lewtun/music_genres", "dataset")]
+
+
+def test_doctor_offline_on_cpu_says_small_track_for_every_notebook(capsys):
+    report = cli.doctor([str(ROOT / "units")])
+    assert report["device"] == "cpu" and not report["hub_reachable"] and report["zoo_complete"]
+    assert len(report["notebooks"]) == len(list((ROOT / "units").rglob("*.ipynb")))
+    assert all(n["small"] == "yes" and n["full"].startswith("no: needs a GPU") for n in report["notebooks"])
+    assert report["verdict"].startswith("ready for the small track") and report["free_disk"] > 0
+    code = cli.cmd_doctor(type("A", (), {"paths": [str(ROOT / "units" / "unit4")]})())
+    out = capsys.readouterr().out
+    assert code == 0 and "02_diffusion_for_audio.ipynb: small yes; full no" in out and "verdict:" in out
+
+
+def test_doctor_sees_the_full_track_with_a_gpu_and_cached_repos(monkeypatch):
+    from coursekit import tracks
+
+    monkeypatch.setattr(tracks, "device", lambda: "cuda")
+    monkeypatch.setattr(tracks, "is_cached", lambda repo, kind="model": True)
+    report = cli.doctor([str(ROOT / "units")])
+    assert report["track_picked"] == "full" and report["verdict"] == "ready for the full track on cuda"
+    assert all(report["cached"].values())
+
+
+def test_prefetch_offline_fails_fast_and_writes_nothing(tmp_path, monkeypatch, capsys):
+    import pytest
+
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    with pytest.raises(SystemExit, match="cannot be reached|HF_HUB_OFFLINE.*nothing was downloaded"):
+        cli.prefetch()
+    assert not (tmp_path / "hf").exists()
+
+
+def test_prefetch_downloads_pinned_revisions_verifies_and_prints_sizes(tmp_path, monkeypatch, capsys):
+    import huggingface_hub
+
+    from coursekit import hub, tracks
+
+    calls = []
+
+    def fake_snapshot_download(repo, repo_type="model", revision=None, local_files_only=False, **patterns):
+        calls.append((repo, repo_type, revision, local_files_only, patterns))
+        folder = tmp_path / repo_type / repo.replace("/", "--")
+        if not local_files_only:
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / "weights.safetensors").write_bytes(b"0" * 2_000_000)
+        return str(folder)
+
+    monkeypatch.setattr(tracks, "hub_reachable", lambda timeout=2.0: True)
+    monkeypatch.setattr(hub, "pins", lambda: {"teticio/audio-diffusion-instrumental-hiphop-256": "a" * 40,
+                                              "lewtun/music_genres": "b" * 40,
+                                              "stable-diffusion-v1-5/stable-diffusion-v1-5": "c" * 40})
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot_download)
+    done = cli.prefetch(unit=4, root=str(ROOT / "units"))
+    assert [d["repo"] for d in done] == ["stable-diffusion-v1-5/stable-diffusion-v1-5",
+                                         "teticio/audio-diffusion-instrumental-hiphop-256", "lewtun/music_genres"]
+    assert all(d["bytes"] == 2_000_000 for d in done)
+    fetched = [c for c in calls if not c[3]]
+    verified = [c for c in calls if c[3]]
+    assert [c[2] for c in fetched] == ["c" * 40, "a" * 40, "b" * 40] and len(verified) == 3
+    assert "*.bin" in fetched[0][4]["ignore_patterns"] and fetched[2][1] == "dataset"
+    assert "prefetched 3 repos, 6.0 MB in all" in capsys.readouterr().out
+
+
+def test_prefetch_of_an_unknown_unit_names_the_units():
+    import pytest
+
+    with pytest.raises(SystemExit, match="no .*unit9; units are unit1, unit2, unit4"):
+        cli.prefetch_plan(unit=9, root=str(ROOT / "units"))

@@ -83,6 +83,10 @@ def test_notebook_conventions(path):
     first_code = next(c for c in nb.cells if c.cell_type == "code")
     assert 'find_spec("coursekit") is None' in first_code.source, "first code cell installs coursekit when missing"
     assert "torch" not in first_code.source.replace("coursekit", ""), "the install cell must not install torch"
+    import coursekit
+
+    pin = f"git+https://github.com/coursekit/coursekit@v{coursekit.__version__}"
+    assert pin in first_code.source, f"the install cell pins coursekit to the release tag: {pin}"
     for cell in nb.cells:
         if cell.cell_type != "code":
             continue
@@ -226,3 +230,15 @@ def test_notebook_mel_image_is_coursekits_to_image():
         t = torch.arange(preset.slice_samples) / preset.sample_rate
         wave = 0.3 * torch.sin(2 * math.pi * 330 * t) + 0.1 * torch.sin(2 * math.pi * 1234 * t) * (t > t.mean())
         torch.testing.assert_close(mel_image(wave, preset), audio.to_image(wave, preset), atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_readme_and_unit_page_carry_colab_and_kaggle_badges(path):
+    import sys
+
+    sys.path.insert(0, str(ROOT / "scripts"))
+    from badges import badges
+
+    line = badges(path.relative_to(ROOT).as_posix())
+    assert line in (ROOT / "README.md").read_text(), f"README.md lacks the badges of {path.name}"
+    assert line in (path.parent / "README.md").read_text(), f"{path.parent.name}/README.md lacks the badges of {path.name}"

@@ -1,0 +1,255 @@
+"""Explorers: ipywidgets panels that let a learner feel what one parameter does.
+
+Each explorer is a few controls, a progress bar, a status line and a picture. Moving a control
+(or pressing Run, for the slow ones) recomputes through the same coursekit function the notebook
+calls without the widget, so what the panel shows is what that function returns:
+
+    from coursekit import widgets
+    widgets.noise_schedule(x0)                        # Unit 1: x_t and SNR against t and the schedule
+    widgets.sampler(unet, scheduler)                  # Unit 1: scheduler, steps, eta; samples and time
+    widgets.colour_guidance(unet, scheduler)          # Unit 2: colour picker and guidance scale
+    widgets.inversion_editor(unet, scheduler, x0, y)  # Unit 4: step k and target class
+    widgets.audio_generator(unet, scheduler, preset)  # Unit 4: generate, see the spectrogram, listen
+
+`explorer.result` holds the last computed value and `explorer.controls` the controls, so tests
+(and curious learners) can drive a panel from code. In Colab the panels need Colab's custom
+widget manager; `enable_colab()` turns it on and does nothing elsewhere.
+"""
+from __future__ import annotations
+
+import io
+import time
+
+import torch
+
+from . import samplers
+
+
+def enable_colab() -> None:
+    """Turn on Colab's custom widget manager (needed for ipywidgets there); elsewhere, nothing."""
+    from . import tracks
+
+    if tracks.host() == "colab":
+        from google.colab import output  # type: ignore[import-not-found]
+
+        output.enable_custom_widget_manager()
+
+
+def _png(image) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _grid_png(x: torch.Tensor, nrow: int | None = None) -> bytes:
+    from . import viz
+
+    return _png(viz.image_grid(x.clamp(-1, 1), nrow=nrow, scale=max(1, 96 // x.shape[-1])))
+
+
+class Explorer:
+    """Controls -> compute(**values, tick=...) -> render(result) -> PNG, with progress and timing.
+
+    auto=True recomputes whenever a control changes; auto=False waits for the Run button.
+    """
+
+    def __init__(self, title: str, controls: dict, compute, render, *, auto: bool = True, extra=None, describe=None):
+        import ipywidgets as w
+
+        self.title, self.controls, self.compute, self.render = title, controls, compute, render
+        self.result, self.seconds, self.runs = None, 0.0, 0
+        self.progress = w.IntProgress(value=0, min=0, max=1, description="", layout=w.Layout(width="240px"))
+        self.status = w.Label("")
+        self.image = w.Image(format="png")
+        self.button = w.Button(description="Run", button_style="primary", icon="play")
+        self.button.on_click(lambda _: self.update())
+        self.extra, self.describe = extra, describe
+        if auto:
+            for c in controls.values():
+                c.observe(lambda _: self.update(), names="value")
+        row = list(controls.values()) + ([] if auto else [self.button])
+        self.widget = w.VBox([w.HTML(f"<b>{title}</b>"), w.HBox(row[:3]), w.HBox(row[3:]),
+                              w.HBox([self.progress, self.status]), self.image] + ([extra] if extra is not None else []))
+
+    def values(self) -> dict:
+        return {k: c.value for k, c in self.controls.items()}
+
+    def _tick(self, i: int, n: int) -> None:
+        self.progress.max = max(n, 1)
+        self.progress.value = min(i + 1, n)
+
+    def update(self):
+        self.progress.value, self.status.value = 0, "working..."
+        began = time.perf_counter()
+        try:
+            self.result = self.compute(**self.values(), tick=self._tick)
+            self.image.value = self.render(self.result)
+        except Exception as e:
+            self.status.value = f"failed: {type(e).__name__}: {e}"
+            raise
+        self.seconds = time.perf_counter() - began
+        self.runs += 1
+        self.status.value = f"done in {self.seconds:.2f} s" + (f"; {self.describe(self.result)}" if self.describe else "")
+        return self.result
+
+    def _ipython_display_(self):
+        from IPython.display import display
+
+        display(self.widget)
+
+
+def noisy(x0: torch.Tensor, t: int, schedule: str, seed: int = 0):
+    """(x_t, SNR) of clean images `x0` at step t of a 1000-step `schedule`, with seeded noise:
+    diffusers' DDPMScheduler.add_noise, the forward process of Unit 1."""
+    from diffusers import DDPMScheduler
+
+    scheduler = DDPMScheduler(num_train_timesteps=1000, beta_schedule=schedule)
+    noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(seed))
+    ab = scheduler.alphas_cumprod[t]
+    return scheduler.add_noise(x0, noise, torch.full((len(x0),), t)), float(ab / (1 - ab))
+
+
+def noise_schedule(x0: torch.Tensor, schedules=("linear", "scaled_linear", "squaredcos_cap_v2"), t: int = 250) -> Explorer:
+    """Slider over t and a schedule menu; shows x_t for each image in `x0` and the SNR."""
+    import ipywidgets as w
+
+    controls = {"t": w.IntSlider(value=t, min=0, max=999, description="t", continuous_update=False),
+                "schedule": w.Dropdown(options=list(schedules), value=schedules[-1], description="schedule")}
+
+    def compute(t, schedule, tick):
+        tick(0, 1)
+        return noisy(x0, t, schedule)
+
+    ex = Explorer("Noise schedule: x_t and signal-to-noise ratio", controls, compute,
+                  lambda r: _grid_png(r[0].clamp(-1, 1)), describe=lambda r: f"SNR {r[1]:.3g}")
+    ex.update()
+    return ex
+
+
+def sampler(unet, scheduler, *, n: int = 8, labels=None, guidance_scale: float = 1.0, steps: int = 20) -> Explorer:
+    """Scheduler menu, steps and eta; Run samples `n` images from seeded noise and times it."""
+    import ipywidgets as w
+
+    controls = {"name": w.Dropdown(options=list(samplers.SCHEDULERS), value="ddim", description="scheduler"),
+                "steps": w.IntSlider(value=steps, min=1, max=100, description="steps", continuous_update=False),
+                "eta": w.FloatSlider(value=0.0, min=0.0, max=1.0, step=0.1, description="eta (DDIM)", continuous_update=False),
+                "seed": w.IntText(value=0, description="seed")}
+
+    def compute(name, steps, eta, seed, tick):
+        g = torch.Generator().manual_seed(int(seed))
+        x = samplers.noise(unet, n, g)
+        extra = {"eta": eta} if name == "ddim" else {}
+        return samplers.sample(unet, samplers.scheduler_named(name, scheduler), x, steps=steps, labels=labels,
+                               guidance_scale=guidance_scale, generator=g, progress=False,
+                               callback=lambda i, t, x, x0: tick(i, steps), **extra)
+
+    ex = Explorer("Samplers: scheduler, steps and eta", controls, compute, lambda x: _grid_png(x), auto=False)
+    ex.update()
+    return ex
+
+
+def colour_guidance(unet, scheduler, *, n: int = 8, steps: int = 20, colour: str = "#e07020", scale: float = 4.0,
+                    max_scale: float = 50.0) -> Explorer:
+    """A colour picker and the guidance scale; Run shows `coursekit.guidance.colour_guided_grid`."""
+    import ipywidgets as w
+
+    from . import guidance
+
+    controls = {"colour": w.ColorPicker(value=colour, description="colour"),
+                "scale": w.FloatSlider(value=scale, min=0.0, max=max_scale, step=0.5, description="scale", continuous_update=False),
+                "seed": w.IntText(value=0, description="seed")}
+
+    def compute(colour, scale, seed, tick):
+        return guidance.colour_guided_grid(unet, scheduler, colour, scale, seed=seed, n=n, steps=steps,
+                                           callback=lambda i, t, x, x0: tick(i, steps))
+
+    ex = Explorer("Colour guidance: target colour and scale", controls, compute, _png, auto=False)
+    ex.update()
+    return ex
+
+
+def edit_pair(unet, scheduler, x0: torch.Tensor, source: int, target: int, k: int, *, steps: int = 50,
+              guidance_scale: float = 1.5, inversion=None, tick=None):
+    """(reconstruction, edit) of one image: DDIM inversion with its own class, then
+    `coursekit.inversion.edit` from step k with the source class and with the target class."""
+    from . import inversion as inv
+
+    if inversion is None:
+        inversion = inv.invert(unet, scheduler, x0, steps=steps, labels=torch.tensor([source]), progress=False)
+    if tick:
+        tick(0, 2)
+    recon = inv.edit(unet, scheduler, inversion, k, labels=torch.tensor([source]), guidance_scale=guidance_scale, progress=False)
+    if tick:
+        tick(1, 2)
+    edited = inv.edit(unet, scheduler, inversion, k, labels=torch.tensor([target]), guidance_scale=guidance_scale, progress=False)
+    return recon, edited
+
+
+def inversion_editor(unet, scheduler, images: torch.Tensor, labels: torch.Tensor, *, steps: int = 50, k: int = 35,
+                     guidance_scale: float = 1.5, classes=None) -> Explorer:
+    """Pick an image, a step k and a target class; shows source, reconstruction and edit side by side."""
+    import ipywidgets as w
+
+    from . import inversion as inv
+
+    classes = list(classes or range(int(samplers.null_label(unet) or 10)))
+    cache: dict = {}
+    controls = {"index": w.IntSlider(value=0, min=0, max=len(images) - 1, description="image", continuous_update=False),
+                "k": w.IntSlider(value=k, min=0, max=steps, description="step k", continuous_update=False),
+                "target": w.Dropdown(options=classes, value=classes[(int(labels[0]) + 1) % len(classes)], description="target")}
+
+    def compute(index, k, target, tick):
+        x0, source = images[index:index + 1], int(labels[index])
+        if index not in cache:
+            cache[index] = inv.invert(unet, scheduler, x0, steps=steps, labels=torch.tensor([source]), progress=False)
+        recon, edited = edit_pair(unet, scheduler, x0, source, target, k, steps=steps, guidance_scale=guidance_scale,
+                                  inversion=cache[index], tick=tick)
+        return x0, recon, edited
+
+    ex = Explorer("Inversion editor: source, reconstruction, edit", controls, compute,
+                  lambda r: _grid_png(torch.cat(r).clamp(-1, 1), nrow=3))
+    ex.update()
+    return ex
+
+
+def audio_clip(unet, scheduler, preset, *, seed: int = 0, steps: int = 25, tick=None):
+    """(spectrogram image, waveform) of one generated slice: `samplers.ddim` then `audio.from_image`."""
+    from . import audio
+
+    g = torch.Generator().manual_seed(int(seed))
+    image = samplers.ddim(unet, scheduler, samplers.noise(unet, 1, g), steps=steps, generator=g, progress=False,
+                          callback=(lambda i, t, x, x0: tick(i, steps)) if tick else None)[0].cpu()
+    return image, audio.from_image(image, preset, generator=torch.Generator().manual_seed(int(seed)))
+
+
+def audio_generator(unet, scheduler, preset, *, steps: int = 25) -> Explorer:
+    """Seed and steps; Run generates a slice, shows its spectrogram and plays it."""
+    import ipywidgets as w
+    import matplotlib.pyplot as plt
+
+    from . import audio
+
+    player = w.Audio(format="wav", autoplay=False, loop=False)
+    controls = {"seed": w.IntText(value=0, description="seed"),
+                "steps": w.IntSlider(value=steps, min=2, max=100, description="steps", continuous_update=False)}
+
+    def compute(seed, steps, tick):
+        return audio_clip(unet, scheduler, preset, seed=seed, steps=steps, tick=tick)
+
+    def render(result):
+        image, wave = result
+        buf = io.BytesIO()
+        audio.write_wav(buf, wave, preset.sample_rate)
+        player.value = buf.getvalue()
+        fig, ax = plt.subplots(figsize=(4, 3))
+        audio.spectrogram_plot(image, preset, title=f"seed {controls['seed'].value}", ax=ax)
+        fig.tight_layout()
+        out = io.BytesIO()
+        fig.savefig(out, format="png", dpi=80)
+        plt.close(fig)
+        return out.getvalue()
+
+    ex = Explorer("Audio: generate, look, listen", controls, compute, render, auto=False, extra=player)
+    ex.player = player
+    ex.update()
+    return ex

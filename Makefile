@@ -16,6 +16,7 @@ course: $(STAMP)
 	$(BIN)/coursekit run units --track small --out build
 
 test: $(STAMP)
+	bash scripts/install_browser.sh
 	$(BIN)/python -m pytest
 
 lab: $(STAMP)

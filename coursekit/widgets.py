@@ -60,7 +60,7 @@ class Explorer:
         self.result, self.seconds, self.runs = None, 0.0, 0
         self.progress = w.IntProgress(value=0, min=0, max=1, description="", layout=w.Layout(width="240px"))
         self.status = w.Label("")
-        self.image = w.Image(format="png")
+        self.image = w.Image(format="png", layout=w.Layout(max_width="560px", height="auto"))
         self.button = w.Button(description="Run", button_style="primary", icon="play")
         self.button.on_click(lambda _: self.update())
         self.extra, self.describe = extra, describe

@@ -63,6 +63,12 @@ def run_notebook(path: Path, out: Path, timeout: int = 1800) -> dict:
             "seconds": round(seconds, 1), "status": status}
 
 
+def _threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
+
+
 def write_index(results: list[dict], out: Path, track: str) -> Path:
     rows = "\n".join(
         f"<tr><td><a href=\"{html.escape(os.path.relpath(r['html'], out))}\">{html.escape(r['notebook'])}</a></td>"
@@ -77,7 +83,10 @@ def write_index(results: list[dict], out: Path, track: str) -> Path:
 </table></body></html>
 """
     (out / "index.html").write_text(page, encoding="utf-8")
-    (out / "run.json").write_text(json.dumps({"track": track, "notebooks": results}, indent=2) + "\n")
+    import platform
+
+    machine = f"{platform.machine()}, {os.cpu_count()} cores, torch threads {_threads()}, {time.strftime('%Y-%m-%d')}"
+    (out / "run.json").write_text(json.dumps({"track": track, "machine": machine, "notebooks": results}, indent=2) + "\n")
     return out / "index.html"
 
 

@@ -19,11 +19,18 @@ def test_every_zoo_checkpoint_ships_with_a_model_card(name):
     recipe = json.loads((folder / "recipe.json").read_text())
     assert f"python -m coursekit.zoo train {name}" in card
     assert "## Measured quality" in card
-    if zoo.RECIPES[name].dataset == "digits":
+    r = zoo.RECIPES[name]
+    if r.dataset == "digits":
         assert "judge_held_out_accuracy" in card and recipe["quality"]["fid_pca20"] >= 0
+    elif r.audio_preset:
+        from coursekit import audio
+
+        assert recipe["quality"][f"share judged {r.genre}"] >= 0.8
+        assert audio.load_model(name)[2] == audio.PRESETS[r.audio_preset]
     else:
-        assert recipe["quality"][f"pixel_fd to {zoo.RECIPES[name].dataset}"] >= 0
-    assert unet.config.sample_size == zoo.RECIPES[name].size
+        assert recipe["quality"][f"pixel_fd to {r.dataset}"] >= 0
+    size = unet.config.sample_size
+    assert (tuple(size) if isinstance(size, (list, tuple)) else (size, size)) == r.shape
     assert list(folder.glob("unet/*.safetensors"))
 
 

@@ -117,3 +117,27 @@ def test_prefetch_of_an_unknown_unit_names_the_units():
 
     with pytest.raises(SystemExit, match="no .*unit9; units are unit1, unit2, unit4"):
         cli.prefetch_plan(unit=9, root=str(ROOT / "units"))
+
+
+def test_instructor_times_come_from_coursekit_runs(tmp_path):
+    import sys
+
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import instructor_times
+
+    guide = tmp_path / "guide.md"
+    guide.write_text("# Guide\n\n<!-- times -->\n<!-- /times -->\n\nmore text\n")
+    small = tmp_path / "small.json"
+    small.write_text(json.dumps({"track": "small", "machine": "x86_64, 2 cores", "notebooks": [
+        {"notebook": "units/unit1/a.ipynb", "seconds": 90.0, "status": "ok"},
+        {"notebook": "units/unit2/b.ipynb", "seconds": 30.0, "status": "failed: CellExecutionError: boom"}]}))
+    instructor_times.main(["--small", str(small), "--guide", str(guide)])
+    text = guide.read_text()
+    assert "| `unit1/a.ipynb` | 1.5 min | not run yet |" in text
+    assert "| `unit2/b.ipynb` | failed (failed: CellExecutionError: boom) | not run yet |" in text
+    assert "_Small track measured on: x86_64, 2 cores_" in text and text.endswith("more text\n")
+    full = tmp_path / "full.json"
+    full.write_text(json.dumps({"track": "full", "notebooks": [{"notebook": "units/unit1/a.ipynb", "seconds": 600.0, "status": "ok"}]}))
+    instructor_times.main(["--full", str(full), "--guide", str(guide)])
+    assert "| `unit1/a.ipynb` | 1.5 min | 10.0 min |" in guide.read_text()
+    assert "| the whole course, run end to end | 2.0 min | 10.0 min |" in guide.read_text()

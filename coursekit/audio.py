@@ -126,9 +126,9 @@ def write_wav(path, wave, sample_rate: int):
     import soundfile as sf
 
     wave = check_wave(wave, sample_rate)
-    target = path if hasattr(path, "write") else str(path)
-    sf.write(target, wave.clamp(-1, 1).numpy(), sample_rate, subtype="PCM_16", format="WAV")
-    return path if hasattr(path, "write") else Path(path)
+    is_file = hasattr(path, "write")
+    sf.write(path if is_file else str(path), wave.clamp(-1, 1).numpy(), sample_rate, subtype="PCM_16", format="WAV")
+    return path if is_file else Path(path)
 
 
 @lru_cache(maxsize=None)

@@ -20,6 +20,7 @@ import argparse
 import html
 import json
 import os
+import platform
 import re
 import sys
 import time
@@ -83,8 +84,6 @@ def write_index(results: list[dict], out: Path, track: str) -> Path:
 </table></body></html>
 """
     (out / "index.html").write_text(page, encoding="utf-8")
-    import platform
-
     machine = f"{platform.machine()}, {os.cpu_count()} cores, torch threads {_threads()}, {time.strftime('%Y-%m-%d')}"
     (out / "run.json").write_text(json.dumps({"track": track, "machine": machine, "notebooks": results}, indent=2) + "\n")
     return out / "index.html"
@@ -214,8 +213,9 @@ def prefetch_plan(unit: int | None = None, root: str = "units") -> list[tuple[st
 
 
 def prefetch(unit: int | None = None, root: str = "units") -> list[dict]:
-    """Download the plan's repos at their pinned revisions (safetensors and configs only for
-    models), resuming partial downloads; then check each is complete from the cache alone."""
+    """Download the plan's repos at their pinned revisions (for models, the files the loaders
+    read: `hub.model_files`), resuming partial downloads; then check each is complete from the
+    cache alone."""
     from huggingface_hub import snapshot_download
 
     from . import hub, tracks
@@ -228,15 +228,15 @@ def prefetch(unit: int | None = None, root: str = "units") -> list[dict]:
                          "which needs no downloads.")
     done = []
     for repo, kind in plan:
-        patterns = dict(allow_patterns=["*.json", "*.safetensors", "*.txt", "*.model", "*.md"],
-                        ignore_patterns=["*.bin", "*.ckpt", "*.pt", "*.msgpack", "*.onnx", "*.h5"]) if kind == "model" else {}
+        patterns = hub.model_files(repo) if kind == "model" else {}
+        revision = hub.revision(repo)
         began = time.perf_counter()
-        folder = snapshot_download(repo, repo_type=kind, revision=hub.revision(repo), **patterns)
-        again = snapshot_download(repo, repo_type=kind, revision=hub.revision(repo), local_files_only=True, **patterns)
+        folder = snapshot_download(repo, repo_type=kind, revision=revision, **patterns)
+        again = snapshot_download(repo, repo_type=kind, revision=revision, local_files_only=True, **patterns)
         if Path(again) != Path(folder):
             raise SystemExit(f"coursekit prefetch: {repo} did not verify from the cache; run prefetch again")
         size = _size(Path(folder))
-        done.append({"repo": repo, "kind": kind, "revision": hub.revision(repo), "bytes": size,
+        done.append({"repo": repo, "kind": kind, "revision": revision, "bytes": size,
                      "seconds": round(time.perf_counter() - began, 1)})
         print(f"{kind:8} {repo}: {_gb(size)} in {done[-1]['seconds']} s", flush=True)
     print(f"prefetched {len(done)} repos, {_gb(sum(d['bytes'] for d in done))} in all")

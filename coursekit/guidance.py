@@ -195,7 +195,7 @@ def load_clip(name: str = CLIP_MODEL, device: str = "cpu"):
 
     folder = name if os.path.isdir(name) else hub.fetch(
         name, "on the small track guide with a classifier instead (coursekit.guidance.train_classifier)",
-        allow_patterns=["*.json", "*.txt", "*.safetensors"])
+        allow_patterns=hub.CLIP_FILES)
     model = CLIPModel.from_pretrained(folder, use_safetensors=True).to(device).eval().requires_grad_(False)
     return model, CLIPTokenizer.from_pretrained(folder)
 

@@ -29,6 +29,24 @@ DATASETS = (
     "ylecun/mnist",
     "lewtun/music_genres",
 )
+# Which files the loaders read: configs and safetensors only (coursekit never unpickles weights
+# it did not write), and for Stable Diffusion only the fp32 component files, not the multi-GB
+# single-file checkpoints beside them. `coursekit prefetch` downloads exactly these.
+UNSAFE_WEIGHTS = ["*.bin", "*.ckpt", "*.pt", "*.msgpack", "*.onnx", "*.h5"]
+DIFFUSERS_FILES = ["*.json", "*.safetensors", "unet/*", "scheduler/*"]
+CLIP_FILES = ["*.json", "*.txt", "*.safetensors"]
+SD_FILES = ["model_index.json", "scheduler/*", "tokenizer/*", "feature_extractor/*",
+            "text_encoder/config.json", "text_encoder/model.safetensors",
+            "unet/config.json", "unet/diffusion_pytorch_model.safetensors",
+            "vae/config.json", "vae/diffusion_pytorch_model.safetensors"]
+_FILES = {"stable-diffusion-v1-5/stable-diffusion-v1-5": SD_FILES, "openai/clip-vit-base-patch32": CLIP_FILES}
+
+
+def model_files(repo_id: str) -> dict:
+    """snapshot_download's allow/ignore patterns for a full-track model repo."""
+    return {"allow_patterns": _FILES.get(repo_id, DIFFUSERS_FILES), "ignore_patterns": UNSAFE_WEIGHTS}
+
+
 _SHA = re.compile(r"^[0-9a-f]{40}$")
 
 

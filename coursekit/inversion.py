@@ -201,10 +201,6 @@ def ssim(x: torch.Tensor, reference: torch.Tensor) -> float:
 # Stable Diffusion (full track): current diffusers APIs only.
 
 SD_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
-_SD_FILES = ["model_index.json", "scheduler/*", "tokenizer/*", "feature_extractor/*",
-             "text_encoder/config.json", "text_encoder/model.safetensors",
-             "unet/config.json", "unet/diffusion_pytorch_model.safetensors",
-             "vae/config.json", "vae/diffusion_pytorch_model.safetensors"]
 
 
 def load_stable_diffusion(name: str = SD_MODEL, device: str = "cpu", dtype=None):
@@ -218,7 +214,7 @@ def load_stable_diffusion(name: str = SD_MODEL, device: str = "cpu", dtype=None)
     from . import hub
 
     folder = name if os.path.isdir(name) else hub.fetch(
-        name, "the small track inverts the zoo's digit and photo models instead", allow_patterns=_SD_FILES)
+        name, "the small track inverts the zoo's digit and photo models instead", allow_patterns=hub.SD_FILES)
     pipe = StableDiffusionPipeline.from_pretrained(folder, safety_checker=None, requires_safety_checker=False,
                                                    use_safetensors=True, dtype=dtype or torch.float32)
     pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)

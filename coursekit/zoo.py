@@ -143,8 +143,7 @@ def _resolve(name: str | os.PathLike) -> Path:
 
         try:
             return hub.fetch(name, f"use a zoo model ({', '.join(names())})",
-                             allow_patterns=["*.json", "*.safetensors", "unet/*", "scheduler/*"],
-                             ignore_patterns=["*.bin", "*.ckpt", "*.pt", "*.msgpack", "*.onnx"])
+                             allow_patterns=hub.DIFFUSERS_FILES, ignore_patterns=hub.UNSAFE_WEIGHTS)
         except hub.HubUnavailable as e:
             raise ZooError(str(e)) from None
     raise ZooError(f"unknown model {name!r}: not a zoo name ({', '.join(names())}), "
@@ -231,7 +230,6 @@ def evaluate(unet, scheduler, recipe: Recipe, per_class: int = 50, seed: int = 1
     from . import metrics, samplers
 
     g = torch.Generator().manual_seed(seed)
-    n = per_class * 10
     if recipe.audio_preset:
         from . import audio
 
@@ -243,6 +241,7 @@ def evaluate(unet, scheduler, recipe: Recipe, per_class: int = 50, seed: int = 1
                 "genre_judge_held_out_accuracy": round(judge.held_out_accuracy, 4),
                 f"share judged {recipe.genre}": round(judge.share(x, audio.GENRES.index(recipe.genre)), 4),
                 f"pixel_fd to {recipe.genre} spectrograms": round(metrics.pixel_fd(x, real), 3)}
+    n = per_class * 10
     if recipe.dataset != "digits":
         from . import data
 

@@ -4,13 +4,15 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.coursekit-installed
 
-.PHONY: course test lab bench clean
+.PHONY: install course test lab bench clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install -c constraints.txt -e ".[test,notebooks]"
 	touch $@
+
+install: $(STAMP)
 
 course: $(STAMP)
 	$(BIN)/coursekit run units --track small --out build

@@ -1,6 +1,5 @@
 """Test-run rules: offline, no sockets outside loopback, and each notebook within its budget."""
 import os
-import re
 import sys
 import tempfile
 from collections import defaultdict
@@ -10,7 +9,6 @@ import pytest
 
 ROOT = Path(__file__).parent
 GUARD = ROOT / "tests" / "netguard"
-BUDGET = re.compile(r"time budget[^:\n]*:\s*(\d+(?:\.\d+)?)\s*min", re.IGNORECASE)
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_DATASETS_OFFLINE"] = "1"
@@ -22,16 +20,16 @@ sys.path.insert(0, str(GUARD))
 import sitecustomize  # noqa: E402,F401  (installs the guard in this process too)
 
 
-def notebook_budget_minutes(path) -> float | None:
-    """The small-track time budget written in a notebook's first markdown cell."""
-    import nbformat
+def run_track() -> str:
+    """The track the notebooks run on in this test run: COURSEKIT_TRACK, or small (tests are offline)."""
+    return os.environ.get("COURSEKIT_TRACK", "").strip().lower() or "small"
 
-    nb = nbformat.read(str(path), as_version=4)
-    for cell in nb.cells:
-        if cell.cell_type == "markdown":
-            m = BUDGET.search(cell.source)
-            return float(m.group(1)) if m else None
-    return None
+
+def notebook_budget_minutes(path, track: str | None = None) -> float | None:
+    """The time budget a notebook's first markdown cell states for `track` (default: this run's)."""
+    from coursekit.cli import notebook_budgets
+
+    return notebook_budgets(path).get(track or run_track())
 
 
 _seconds = defaultdict(float)
@@ -56,13 +54,14 @@ def pytest_runtest_makereport(item, call):
         budget = notebook_budget_minutes(path)
         took = _seconds[path]
         if budget is None:
-            report.outcome, report.longrepr = "failed", f"{path} states no 'Time budget: N minutes' in its first markdown cell"
+            report.outcome, report.longrepr = "failed", (f"{path} states no 'Time budget ({run_track()} track): N minutes' "
+                                                         "in its first markdown cell")
         elif took > budget * 60:
             report.outcome = "failed"
-            report.longrepr = f"{Path(path).name} took {took:.0f} s, over its budget of {budget:g} minutes"
+            report.longrepr = f"{Path(path).name} took {took:.0f} s, over its {run_track()}-track budget of {budget:g} minutes"
         else:
-            report.sections.append(("budget", f"{Path(path).name}: {took:.0f} s of {budget:g} min"))
-        print(f"\n[budget] {Path(path).name}: {took:.0f} s of {budget} min", file=sys.stderr)
+            report.sections.append(("budget", f"{Path(path).name}: {took:.0f} s of {budget:g} min ({run_track()} track)"))
+        print(f"\n[budget] {Path(path).name}: {took:.0f} s of {budget} min ({run_track()} track)", file=sys.stderr)
 
 
 def pytest_sessionfinish(session, exitstatus):

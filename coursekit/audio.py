@@ -2,10 +2,20 @@
 and a small music corpus rendered offline from music21's scores.
 
 A diffusion model for audio here is an image model on mel spectrograms: each slice of audio
-becomes a (1, n_mels, frames) image in [-1, 1] (decibels relative to the slice's loudest bin,
-`top_db` of range), and a generated image goes back to sound with Griffin-Lim, which guesses the
-phase the spectrogram threw away. `PRESETS['teticio']` holds the settings of the course's
-pretrained audio checkpoints; `PRESETS['small']` is the small track's: 8 kHz, 64 mel rows by 32
+becomes a (1, n_mels, frames) image in [-1, 1], and a generated image goes back to sound with
+Griffin-Lim, which guesses the phase the spectrogram threw away.
+
+The conversion is audio-diffusion's (its `Mel` class, kept in diffusers as
+`diffusers.pipelines.deprecated.audio_diffusion.mel.Mel`), on which the course's pretrained
+checkpoints were trained, written with torchaudio for every preset: power spectrogram with
+centred, zero-padded frames; librosa's Slaney mel scale and Slaney-normalised filters; decibels
+relative to the slice's loudest bin (`power_to_db(ref=max, amin=1e-10, top_db)`); 8-bit grey
+levels `round((dB + top_db) * 255 / top_db)`; row 0 = the lowest mel band (no flip); grey level
+g in [0, 255] read as g / 255 * 2 - 1, as `AudioDiffusionPipeline` does. A slice is
+`frames * hop_length - 1` samples, which gives exactly `frames` columns.
+
+`PRESETS['teticio']` holds the settings of the course's pretrained audio checkpoints (22.05 kHz,
+256 x 256, about 6 s per image); `PRESETS['small']` is the small track's: 8 kHz, 64 mel rows by 32
 frames of 32 ms, about a second per image (32 frames rather than 64 halves the cost of training
 with the same frequency detail; 32 mel rows lost half the round trip's SNR).
 """
@@ -40,8 +50,9 @@ class MelPreset:
 
     @property
     def slice_samples(self) -> int:
-        """Audio samples in one image (the last frame's window hangs over the end)."""
-        return self.frames * self.hop_length
+        """Audio samples in one image: `frames * hop_length - 1`, as audio-diffusion's `Mel` slices,
+        which with centred frames gives exactly `frames` columns."""
+        return self.frames * self.hop_length - 1
 
     @property
     def slice_seconds(self) -> float:
@@ -49,7 +60,7 @@ class MelPreset:
 
 
 PRESETS = {
-    # mel settings stored with teticio/audio-diffusion-instrumental-hiphop-256 (mel_config.json)
+    # mel settings stored with teticio/audio-diffusion-instrumental-hiphop-256 and its fine-tunes (mel_config.json)
     "teticio": MelPreset(sample_rate=22050, n_fft=2048, hop_length=512, n_mels=256, frames=256, top_db=80.0, n_iter=32),
     "small": MelPreset(sample_rate=8000, n_fft=512, hop_length=256, n_mels=64, frames=32, top_db=80.0, n_iter=32),
 }
@@ -133,41 +144,62 @@ def write_wav(path, wave, sample_rate: int):
 
 @lru_cache(maxsize=None)
 def _transforms(preset: MelPreset):
-    """The mel, inverse-mel and Griffin-Lim transforms of a preset, built once per preset
-    (they hold filter banks and windows; building them per slice dominated corpus conversion)."""
+    """The Hann window, the Slaney mel filters (freq bins, n_mels), the inverse-mel and the
+    Griffin-Lim transforms of a preset, built once per preset (they hold filter banks and windows;
+    building them per slice dominated corpus conversion)."""
+    import torchaudio.functional as AF
     import torchaudio.transforms as T
 
-    mel = T.MelSpectrogram(sample_rate=preset.sample_rate, n_fft=preset.n_fft, hop_length=preset.hop_length,
-                           n_mels=preset.n_mels, power=2.0)
-    inverse = T.InverseMelScale(n_stft=preset.n_fft // 2 + 1, n_mels=preset.n_mels, sample_rate=preset.sample_rate)
-    griffin = T.GriffinLim(n_fft=preset.n_fft, hop_length=preset.hop_length, power=2.0, n_iter=preset.n_iter)
-    return mel, inverse, griffin
+    window = torch.hann_window(preset.n_fft)
+    filters = AF.melscale_fbanks(preset.n_fft // 2 + 1, 0.0, preset.sample_rate / 2, preset.n_mels,
+                                 preset.sample_rate, norm="slaney", mel_scale="slaney")
+    inverse = T.InverseMelScale(n_stft=preset.n_fft // 2 + 1, n_mels=preset.n_mels, sample_rate=preset.sample_rate,
+                                norm="slaney", mel_scale="slaney")
+    griffin = T.GriffinLim(n_fft=preset.n_fft, hop_length=preset.hop_length, power=1.0, n_iter=preset.n_iter)
+    return window, filters, inverse, griffin
 
 
 def to_image(wave, preset: MelPreset, sample_rate: int | None = None) -> torch.Tensor:
-    """One slice of mono audio -> a (1, n_mels, frames) image in [-1, 1], low frequencies at the
-    bottom row, 0 dB (the slice's loudest bin) at 1 and -top_db or quieter at -1."""
+    """One slice of mono audio -> a (1, n_mels, frames) image in [-1, 1] on 256 grey levels, row 0
+    the lowest mel band, 0 dB (the slice's loudest bin) at 1 and -top_db or quieter at -1: the
+    image audio-diffusion's `Mel.audio_slice_to_image` makes, read as `AudioDiffusionPipeline`
+    reads it. Audio shorter than a slice is padded with silence, longer audio is cut."""
     wave = check_wave(wave, sample_rate or preset.sample_rate, preset)
     wave = torch.nn.functional.pad(wave, (0, max(0, preset.slice_samples - len(wave))))[:preset.slice_samples]
-    power = _transforms(preset)[0](wave)[:, :preset.frames]
-    db = 10 * torch.log10(power.clamp(min=1e-10))
+    window, filters = _transforms(preset)[:2]
+    power = torch.stft(wave, preset.n_fft, preset.hop_length, window=window, center=True, pad_mode="constant",
+                       return_complex=True).abs() ** 2
+    mel = filters.T @ power
+    db = 10 * torch.log10(mel.clamp(min=1e-10))
     db = (db - db.max()).clamp(min=-preset.top_db)
-    return (db / preset.top_db * 2 + 1).flip(0)[None]
+    grey = torch.floor((db + preset.top_db) * 255 / preset.top_db + 0.5)
+    return (grey / 255 * 2 - 1)[None]
 
 
-def from_image(image: torch.Tensor, preset: MelPreset, generator: torch.Generator | None = None) -> torch.Tensor:
-    """A (1, n_mels, frames) image in [-1, 1] back to a waveform with Griffin-Lim (the phase is
-    estimated, so the result sounds like, but is not sample-equal to, the original)."""
+def magnitude_from_image(image: torch.Tensor, preset: MelPreset) -> torch.Tensor:
+    """The STFT magnitude (n_fft // 2 + 1, frames) that `from_image` gives Griffin-Lim: the image
+    read as 8-bit grey levels (as `AudioDiffusionPipeline` saves images), back to decibels and
+    power, then the least-squares inverse of the Slaney mel filters with negatives set to 0
+    (torchaudio's `InverseMelScale`), square-rooted. librosa's `mel_to_stft`, which the reference
+    uses, starts its non-negative least squares from the same point and agrees to about 1e-4.
+    The relative level is kept; the absolute level is not."""
     if image.ndim == 3:
         image = image[0]
     if image.shape != (preset.n_mels, preset.frames):
         raise AudioError(f"expected a ({preset.n_mels}, {preset.frames}) spectrogram image, got {tuple(image.shape)}")
-    db = ((image.detach().float().cpu().clamp(-1, 1).flip(0) - 1) / 2) * preset.top_db
-    power = 10 ** (db / 10)
-    _, inverse, griffin = _transforms(preset)
+    grey = ((image.detach().float().cpu() / 2 + 0.5).clamp(0, 1) * 255).round()
+    power = 10 ** ((grey * preset.top_db / 255 - preset.top_db) / 10)
+    return _transforms(preset)[2](power).clamp(min=0).sqrt()
+
+
+def from_image(image: torch.Tensor, preset: MelPreset, generator: torch.Generator | None = None) -> torch.Tensor:
+    """A (1, n_mels, frames) image in [-1, 1] back to a waveform of (frames - 1) * hop_length samples,
+    peak 0.9, with Griffin-Lim on `magnitude_from_image` (the phase is estimated, so the result
+    sounds like, but is not sample-equal to, the original)."""
+    magnitude = magnitude_from_image(image, preset)
     if generator is not None:
         torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=generator)))
-    wave = griffin(inverse(power).clamp(min=0))
+    wave = _transforms(preset)[3](magnitude)
     peak = wave.abs().max()
     return wave / peak * 0.9 if peak > 0 else wave
 
@@ -210,18 +242,29 @@ def roundtrip_db(wave, preset: MelPreset, sample_rate: int | None = None) -> flo
     return float(20 * torch.log10(a.norm() / (a - b).norm().clamp(min=1e-10)))
 
 
+def mel_centres(preset: MelPreset) -> np.ndarray:
+    """The centre frequency (Hz) of each mel row, row 0 first, on librosa's Slaney mel scale
+    (linear below 1 kHz, logarithmic above): `librosa.mel_frequencies(n_mels + 2, fmax=sr / 2)[1:-1]`."""
+    f_sp, min_log_hz, logstep = 200.0 / 3, 1000.0, np.log(6.4) / 27.0
+    min_log_mel = min_log_hz / f_sp
+
+    def hz_to_mel(f):
+        return f / f_sp if f < min_log_hz else min_log_mel + np.log(f / min_log_hz) / logstep
+
+    mels = np.linspace(0.0, hz_to_mel(preset.sample_rate / 2), preset.n_mels + 2)[1:-1]
+    return np.where(mels >= min_log_mel, min_log_hz * np.exp(logstep * (mels - min_log_mel)), f_sp * mels)
+
+
 def spectrogram_plot(image: torch.Tensor, preset: MelPreset, title: str = "", ax=None):
-    """The image with time (s) and frequency (Hz, mel-spaced) axes."""
+    """The image with time (s) and frequency (Hz, mel-spaced) axes, low frequencies (row 0) at the bottom."""
     import matplotlib.pyplot as plt
-    import torchaudio.functional as AF
 
     if ax is None:
         _, ax = plt.subplots(figsize=(4, 3))
     img = image.detach().float().cpu().reshape(preset.n_mels, preset.frames)
-    ax.imshow(img, origin="upper", aspect="auto", cmap="magma", vmin=-1, vmax=1,
+    ax.imshow(img, origin="lower", aspect="auto", cmap="magma", vmin=-1, vmax=1,
               extent=(0, preset.slice_seconds, 0, preset.n_mels))
-    edges = AF.melscale_fbanks(preset.n_fft // 2 + 1, 0.0, preset.sample_rate / 2, preset.n_mels, preset.sample_rate)
-    centres = (edges.argmax(0).float() * preset.sample_rate / preset.n_fft).numpy()
+    centres = mel_centres(preset)
     ticks = np.linspace(0, preset.n_mels - 1, 5).round().astype(int)
     ax.set_yticks(ticks + 0.5, [f"{centres[i]:.0f}" for i in ticks])
     ax.set(xlabel="time (s)", ylabel="frequency (Hz)", title=title)
@@ -370,7 +413,7 @@ def dataset_images(dataset, preset: MelPreset, genre: str | int | None = None, h
 
 def load_model(name: str, device: str = "cpu"):
     """(unet, scheduler, preset) of an audio-diffusion checkpoint (a zoo name, a folder, or a Hub
-    id such as teticio/audio-diffusion-instrumental-hiphop-256): UNet and scheduler from their
+    id such as kmpartner/audio-diffusion-electronic): UNet and scheduler from their
     subfolders, mel settings from mel_config.json when present; no deprecated pipeline."""
     from . import zoo
 

@@ -1,12 +1,15 @@
 """The `coursekit` command.
 
-    coursekit run [NOTEBOOK_OR_FOLDER ...] [--track small|full] [--out build]
+    coursekit run [NOTEBOOK_OR_FOLDER ...] [--track small|full] [--rehearse] [--out build]
     coursekit doctor [NOTEBOOK_OR_FOLDER ...]
     coursekit prefetch [--unit N]
 
 `run` executes notebooks headless, writes the executed copies and their HTML next to an index
 page (build/index.html) with each notebook's wall time and status. A notebook that fails is
-still written, up to the failing cell, and the command exits non-zero.
+still written, up to the failing cell (named in its status), and the command exits non-zero.
+`--track full --rehearse` runs the full track's code on this machine's CPU with no network:
+stand-ins of every Hub repo (`coursekit.standins`) in a temporary Hugging Face cache, and the
+full-track settings scaled down by `coursekit.tracks.rehearsal_value`.
 
 `doctor` reports what this machine can run: device, track, package versions, Hub reachability,
 free disk, which full-track repos are cached, and each notebook's track here.
@@ -54,7 +57,10 @@ def run_notebook(path: Path, out: Path, timeout: int = 1800) -> dict:
         client.execute()
     except Exception as e:  # the partial notebook is still written, with the error in its cell
         last = re.sub(r"\x1b\[[0-9;]*m", "", str(e)).strip().splitlines()
-        status = f"failed: {type(e).__name__}: {last[-1] if last else ''}"
+        failed = [i for i, c in enumerate(nb.cells) if c.cell_type == "code"
+                  and any(o.get("output_type") == "error" for o in c.get("outputs", []))]
+        where = f"cell {failed[0]}: " if failed else ""
+        status = f"failed: {where}{type(e).__name__}: {last[-1] if last else ''}"
     seconds = time.perf_counter() - began
     out.mkdir(parents=True, exist_ok=True)
     nbformat.write(nb, out / path.name)
@@ -89,20 +95,55 @@ def write_index(results: list[dict], out: Path, track: str) -> Path:
     return out / "index.html"
 
 
+REHEARSAL_ENV = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
+                 "COURSEKIT_TRACK": "full", "COURSEKIT_REHEARSE": "1"}
+
+
+def rehearsal_env(home: Path) -> dict:
+    """The environment of a rehearsal: stand-ins written into the Hugging Face cache at `home`,
+    no network, the full track forced and scaled down."""
+    from . import standins
+
+    standins.write(home)
+    return {**REHEARSAL_ENV, "HF_HOME": str(home.resolve())}
+
+
 def cmd_run(args) -> int:
-    if args.track:
-        os.environ["COURSEKIT_TRACK"] = args.track
-    track = args.track or "auto"
+    import tempfile
+
+    rehearse = getattr(args, "rehearse", False)
+    if rehearse and args.track not in (None, "full"):
+        raise SystemExit("coursekit run: --rehearse rehearses the full track; drop --track small")
+    track = "full" if rehearse else args.track
+    env = {"COURSEKIT_TRACK": track} if track else {}
+    scratch = tempfile.TemporaryDirectory(prefix="coursekit-rehearsal-") if rehearse else None
+    if scratch:
+        print("writing stand-ins of the full track's Hub repos ...", flush=True)
+        env = rehearsal_env(Path(scratch.name))
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
     out = Path(args.out)
     results = []
-    for nb in find_notebooks(args.paths or ["units"]):
-        target = out / nb.parent.relative_to(nb.parent.anchor) if nb.is_absolute() else out / nb.parent
-        print(f"running {nb} ...", flush=True)
-        r = run_notebook(nb, target, timeout=args.timeout)
-        print(f"  {r['status']} in {r['seconds']:.1f} s -> {r['html']}", flush=True)
-        results.append(r)
-    index = write_index(results, out, track)
+    try:
+        for nb in find_notebooks(args.paths or ["units"]):
+            target = out / nb.parent.relative_to(nb.parent.anchor) if nb.is_absolute() else out / nb.parent
+            print(f"running {nb} ...", flush=True)
+            r = run_notebook(nb, target, timeout=args.timeout)
+            print(f"  {r['status']} in {r['seconds']:.1f} s -> {r['html']}", flush=True)
+            results.append(r)
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        if scratch:
+            scratch.cleanup()
+    index = write_index(results, out, "full (rehearsal)" if rehearse else track or "auto")
     print(f"index: {index}")
+    for r in results:
+        if r["status"] != "ok":
+            print(f"FAILED {r['notebook']}: {r['status']}", file=sys.stderr)
     return 0 if all(r["status"] == "ok" for r in results) else 1
 
 
@@ -121,11 +162,24 @@ def notebook_settings(path: str | os.PathLike) -> dict[str, tuple]:
     raise ValueError(f"{path} has no tracks.Settings(...) cell")
 
 
+BUDGET = re.compile(r"time budget \((small|full) track[^)]*\):\s*(\d+(?:\.\d+)?)\s*min", re.IGNORECASE)
+
+
+def notebook_budgets(path: str | os.PathLike) -> dict[str, float]:
+    """{'small': minutes, 'full': minutes} as the notebook's first markdown cell states them:
+    "Time budget (small track): N minutes" and "Time budget (full track, ...): M minutes"."""
+    import nbformat
+
+    nb = nbformat.read(str(path), as_version=4)
+    first = next((c.source for c in nb.cells if c.cell_type == "markdown"), "")
+    return {track.lower(): float(minutes) for track, minutes in BUDGET.findall(first)}
+
+
 def notebook_needs(path) -> list[tuple[str, str]]:
     """The Hub repos (repo_id, 'model' or 'dataset') a notebook's full track loads."""
-    from .tracks import _hub_needs
+    from .tracks import hub_needs
 
-    return _hub_needs({k: v[1] for k, v in notebook_settings(path).items()})
+    return hub_needs({k: v[1] for k, v in notebook_settings(path).items()})
 
 
 def _size(path: Path) -> int:
@@ -171,6 +225,8 @@ def doctor(paths: list[str] | None = None) -> dict:
         verdict = f"ready for the full track on {dev}"
     elif dev == "cpu":
         verdict = "ready for the small track (no GPU, so the full track cannot run here)"
+    elif dev == "mps":
+        verdict = f"ready for the small track: {tracks.MPS_NOTE}"
     else:
         verdict = (f"ready for the small track; the full track needs its Hub repos: run `coursekit prefetch` "
                    f"on a network{' (the Hub is unreachable now)' if not reachable else ''}")
@@ -228,7 +284,7 @@ def prefetch(unit: int | None = None, root: str = "units") -> list[dict]:
                          "which needs no downloads.")
     done = []
     for repo, kind in plan:
-        patterns = hub.model_files(repo) if kind == "model" else {}
+        patterns = hub.model_files(repo) if kind == "model" else hub.dataset_files(repo)
         revision = hub.revision(repo)
         began = time.perf_counter()
         folder = snapshot_download(repo, repo_type=kind, revision=revision, **patterns)
@@ -249,6 +305,8 @@ def main(argv=None) -> None:
     run = sub.add_parser("run", help="execute notebooks headless and write them with an HTML index")
     run.add_argument("paths", nargs="*", help="notebooks or folders (default: units)")
     run.add_argument("--track", choices=["small", "full"], help="force a track (default: picked automatically)")
+    run.add_argument("--rehearse", action="store_true",
+                     help="run the full track's code on this CPU, offline, with stand-ins of its Hub repos")
     run.add_argument("--out", default="build", help="output folder (default: build)")
     run.add_argument("--timeout", type=int, default=1800, help="seconds allowed per cell")
     doc = sub.add_parser("doctor", help="what this machine can run, notebook by notebook")

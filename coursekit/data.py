@@ -69,7 +69,7 @@ def _flower_crops():
 
 SMALL: dict[str, Callable] = {"digits": _digits, "photo-crops": _photo_crops, "flower-crops": _flower_crops}
 AUDIO = ("music",)
-FULL_AUDIO = {"music_genres": "lewtun/music_genres"}
+FULL_AUDIO = {"music_genres": "lewtun/music_genres_small"}
 
 
 @dataclass(frozen=True)
@@ -83,7 +83,6 @@ class HubDataset:
 FULL = {
     "mnist": HubDataset("ylecun/mnist", label="label", small="digits"),
     "butterflies": HubDataset("huggan/smithsonian_butterflies_subset", small="flower-crops"),
-    "wikiart": HubDataset("huggan/wikiart", label="style", small="photo-crops"),
 }
 
 
@@ -119,18 +118,18 @@ def _music():
 
 
 def _hub_dataset(repo: str, small: str, split: str):
+    """A Hub dataset at its pinned revision, loaded from its local snapshot, so that a cache
+    filled by `coursekit prefetch` (or copied from another machine) loads with no network."""
     from datasets import load_dataset
 
-    from . import hub, tracks
+    from . import hub
 
-    if not tracks.is_cached(repo, "dataset") and not tracks.hub_reachable():
-        why = "HF_HUB_OFFLINE is set" if tracks.hub_offline_flag() else "the Hub is unreachable"
-        raise DataError(
-            f"{repo} is a full-track dataset, it is not in the Hugging Face cache, and {why}. "
-            f"Use the small-track equivalent: coursekit.data.load({small!r}); "
-            "or fetch it first on a machine with network access."
-        )
-    return load_dataset(repo, revision=hub.revision(repo), split=split)
+    try:
+        folder = hub.fetch(repo, f"use the small-track equivalent: coursekit.data.load({small!r})",
+                           repo_type="dataset", **hub.dataset_files(repo))
+    except hub.HubUnavailable as e:
+        raise DataError(f"{repo} is a full-track dataset: {e}") from None
+    return load_dataset(str(folder), split=split)
 
 
 def _decode_audio(batch):
@@ -174,12 +173,12 @@ def load(name: str, split: str = "train"):
 
     Small track: 'digits' (scikit-learn's 8x8 digits, 10 classes), 'photo-crops' (32x32 colour
     crops of six bundled photos, labelled by photo) and 'flower-crops' (crops of one orange flower
-    on a dark green ground, the set to fine-tune towards). Full track: 'mnist', 'butterflies', 'wikiart'
-    or their Hub ids.
+    on a dark green ground, the set to fine-tune towards). Full track: 'mnist', 'butterflies' or
+    their Hub ids.
 
     Audio: 'music' (small track: Bach chorales and fiddle reels rendered offline, columns audio,
-    sampling_rate, label, title) and 'music_genres' (full track: lewtun/music_genres, the same
-    columns, decoded as rows are read).
+    sampling_rate, label, title) and 'music_genres' (full track: lewtun/music_genres_small, 1,000
+    clips of 19 genres, the same columns, decoded as rows are read).
     """
     if name in SMALL:
         return _small(name).with_format(None)

@@ -36,19 +36,20 @@ def finetune(model: str, dataset: str, out: str | Path, *, steps: int = 300, bat
              n_samples: int = 16, seed: int = 0, progress: bool = True) -> Path:
     """Fine-tune `model` on `dataset`; returns OUT/model, a diffusers-format pipeline folder."""
     import torch
+    from accelerate import PartialState
     from diffusers import DDIMPipeline, DDIMScheduler
 
     from . import data, samplers, train, viz, zoo
 
     out = Path(out)
-    unet, scheduler = zoo.load(model)
+    unet, scheduler = zoo.load(model, device=PartialState().device)   # on the GPU from the first sample grid on
     ds = data.load(dataset)
     check_fit(unet, ds, resize)
     images, labels = data.tensors(ds, unet.config.sample_size, unet.config.in_channels)
     if samplers.null_label(unet) is not None:
         raise FinetuneError("this command fine-tunes unconditional models; the model is class-conditional")
     (out / "samples").mkdir(parents=True, exist_ok=True)
-    noise = samplers.noise(unet, n_samples, torch.Generator().manual_seed(seed))
+    noise = samplers.noise(unet, n_samples, torch.Generator().manual_seed(seed)).cpu()
 
     def log_samples(step, losses, model):
         x = samplers.ddim(model, scheduler, noise.to(model.device), steps=25, progress=False)

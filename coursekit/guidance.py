@@ -157,22 +157,23 @@ def small_classifier(channels: int, num_classes: int) -> torch.nn.Module:
 
 
 def train_classifier(images: torch.Tensor, labels: torch.Tensor, *, steps: int = 400, batch_size: int = 64,
-                     lr: float = 2e-3, blur_noise: float = 0.3, seed: int = 0) -> torch.nn.Module:
-    """Fit `small_classifier` on clean images to guide sampling; returns it in eval mode.
+                     lr: float = 2e-3, blur_noise: float = 0.3, seed: int = 0, device="cpu") -> torch.nn.Module:
+    """Fit `small_classifier` on clean images to guide sampling; returns it in eval mode, on `device`.
 
     The guide sees predicted x0, which is blurry and noisy early in sampling, so training
     images get Gaussian noise of a random strength up to `blur_noise`. This guide is separate
-    from `coursekit.metrics`' judge, which stays an independent measure.
+    from `coursekit.metrics`' judge, which stays an independent measure. Batches and noise come
+    from a CPU generator, so the same seed gives the same batches on any device.
     """
     g = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
-    model = small_classifier(images.shape[1], int(labels.max()) + 1)
+    model = small_classifier(images.shape[1], int(labels.max()) + 1).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=lr)
     for _ in range(steps):
         idx = torch.randint(0, len(images), (batch_size,), generator=g)
         strength = torch.rand(batch_size, 1, 1, 1, generator=g) * blur_noise
         x = images[idx] + strength * torch.randn(images[idx].shape, generator=g)
-        loss = torch.nn.functional.cross_entropy(model(x), labels[idx])
+        loss = torch.nn.functional.cross_entropy(model(x.to(device)), labels[idx].to(device))
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -180,13 +181,20 @@ def train_classifier(images: torch.Tensor, labels: torch.Tensor, *, steps: int =
 
 
 CLIP_MODEL = "openai/clip-vit-base-patch32"
+# transformers' OPENAI_CLIP_MEAN / OPENAI_CLIP_STD: CLIPImageProcessor's defaults, and the values in
+# openai/clip-vit-base-patch32's preprocessor_config.json.
 _CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 _CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+_PIL_BICUBIC = 3
 
 
 def load_clip(name: str = CLIP_MODEL, device: str = "cpu"):
     """(model, tokenizer) of a transformers CLIP from a Hub id (pinned revision) or a local folder,
-    frozen, safetensors weights only. A full-track guide: no CLIP weights ship offline."""
+    frozen, safetensors weights only. A full-track guide: no CLIP weights ship offline.
+
+    The folder's preprocessor_config.json, when it has one, is read and must describe what
+    `clip_loss` does to each cut-out (`clip_pixels` with the model's image size and CLIP's
+    mean/std); a checkpoint prepared otherwise is refused rather than fed pixels unlike its training."""
     import os
 
     from transformers import CLIPModel, CLIPTokenizer
@@ -197,23 +205,89 @@ def load_clip(name: str = CLIP_MODEL, device: str = "cpu"):
         name, "on the small track guide with a classifier instead (coursekit.guidance.train_classifier)",
         allow_patterns=hub.CLIP_FILES)
     model = CLIPModel.from_pretrained(folder, use_safetensors=True).to(device).eval().requires_grad_(False)
+    _check_clip_preprocessing(folder, model.config.vision_config.image_size)
     return model, CLIPTokenizer.from_pretrained(folder)
+
+
+def _check_clip_preprocessing(folder, image_size: int) -> None:
+    """Refuse a CLIP whose preprocessor_config.json asks for other pixels than `clip_loss` gives it.
+    Missing keys take CLIPImageProcessor's defaults; both the old (`size: 224`) and the new
+    (`size: {"shortest_edge": 224}`) spellings are read."""
+    import json
+    import math
+    import os
+
+    path = os.path.join(folder, "preprocessor_config.json")
+    if not os.path.exists(path):
+        return
+    with open(path) as f:
+        config = json.load(f)
+    size, crop = config.get("size", 224), config.get("crop_size", 224)
+    size = size.get("shortest_edge") if isinstance(size, dict) else size
+    crop = (crop.get("height"), crop.get("width")) if isinstance(crop, dict) else (crop, crop)
+    wrong = []
+    if size != image_size or crop != (image_size, image_size):
+        wrong.append(f"resize to {size} and crop {crop} (the model's image size is {image_size})")
+    if config.get("resample", _PIL_BICUBIC) != _PIL_BICUBIC:
+        wrong.append(f"resample={config['resample']} (coursekit resizes bicubically, PIL's 3)")
+    wrong += [f"{key}=false" for key in ("do_resize", "do_center_crop", "do_rescale", "do_normalize")
+              if not config.get(key, True)]
+    if not math.isclose(config.get("rescale_factor", 1 / 255), 1 / 255):
+        wrong.append(f"rescale_factor={config['rescale_factor']}")
+    for key, ours in (("image_mean", _CLIP_MEAN), ("image_std", _CLIP_STD)):
+        values = config.get(key, ours)
+        if len(values) != 3 or not all(math.isclose(a, b, rel_tol=1e-6) for a, b in zip(values, ours)):
+            wrong.append(f"{key}={config[key]}")
+    if wrong:
+        raise ValueError(f"{path} asks for preprocessing that coursekit's CLIP guide does not do: {'; '.join(wrong)}. "
+                         f"It reproduces CLIPImageProcessor's defaults (openai/clip-vit-base-patch32) at the model's image size.")
+
+
+def clip_pixels(images: torch.Tensor, shortest_edge: int = 224, crop_size: int | tuple[int, int] | None = None,
+                mean=_CLIP_MEAN, std=_CLIP_STD) -> torch.Tensor:
+    """CLIP's `pixel_values` for images in [-1, 1] (N, 3, H, W), differentiably: what transformers'
+    CLIPImageProcessor does to the same picture as an 8-bit PIL image.
+
+    Resize so the shortest side is `shortest_edge` (the long side `int(shortest_edge * long / short)`),
+    bicubically; centre crop to `crop_size` (default: `shortest_edge`), the top-left corner at
+    ((H - h) // 2, (W - w) // 2); then (x - mean) / std with x in 0..1.
+
+    The resize follows PIL's: bicubic with a = -0.5 and the kernel widened when shrinking (torch's
+    `antialias=True`), width first, then height, each pass clipped to 0..1 as PIL clips to 0..255.
+    What is left is PIL's rounding to 8 bits after each pass (it is not differentiable, so it is
+    not copied): under 0.017 in normalised units, and tests/test_clip_preprocessing.py checks it."""
+    import torch.nn.functional as F
+
+    if images.ndim != 4 or images.shape[1] != 3:
+        raise SamplerError(f"clip_pixels needs RGB images (N, 3, H, W), got shape {tuple(images.shape)}")
+    crop_size = shortest_edge if crop_size is None else crop_size
+    crop_h, crop_w = (crop_size, crop_size) if isinstance(crop_size, int) else crop_size
+    h, w = images.shape[-2:]
+    short, long = (w, h) if w <= h else (h, w)
+    new_long = int(shortest_edge * long / short)  # CLIPImageProcessor's rounding (get_resize_output_image_size)
+    new_h, new_w = (new_long, shortest_edge) if w <= h else (shortest_edge, new_long)
+    if crop_h > new_h or crop_w > new_w:
+        raise ValueError(f"crop {crop_h}x{crop_w} is larger than the resized image {new_h}x{new_w}")
+    x = (images.clamp(-1, 1) + 1) / 2
+    if new_w != w:
+        x = F.interpolate(x, size=(h, new_w), mode="bicubic", antialias=True, align_corners=False).clamp(0, 1)
+    if new_h != h:
+        x = F.interpolate(x, size=(new_h, new_w), mode="bicubic", antialias=True, align_corners=False).clamp(0, 1)
+    top, left = (new_h - crop_h) // 2, (new_w - crop_w) // 2
+    x = x[:, :, top:top + crop_h, left:left + crop_w]
+    mean = torch.as_tensor(mean, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+    std = torch.as_tensor(std, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+    return (x - mean) / std
 
 
 def _features(output):
     return output if isinstance(output, torch.Tensor) else output.pooler_output
 
 
-def random_cutouts(images: torch.Tensor, size: int, cuts: int, generator: torch.Generator | None = None,
-                   min_share: float = 0.5) -> torch.Tensor:
-    """`cuts` random square crops of each image (side between `min_share` and all of the image),
-    randomly mirrored and resized to `size`: (cuts * N, C, size, size), differentiable.
-
-    CLIP judges the crops, not one fixed view, so guidance cannot satisfy it with a
-    pattern that only fools it at one position and scale (the adversarial-pixels problem)."""
+def _cutouts(images: torch.Tensor, cuts: int, generator: torch.Generator | None, min_share: float):
+    """The random square crops behind `random_cutouts`, one (N, C, side, side) tensor per cut, not resized."""
     n, _, h, w = images.shape
     side_max = min(h, w)
-    out = []
     for _ in range(cuts):
         side = int(side_max * (min_share + (1 - min_share) * torch.rand(1, generator=generator).item()))
         side = max(1, side)
@@ -222,27 +296,40 @@ def random_cutouts(images: torch.Tensor, size: int, cuts: int, generator: torch.
         crop = images[:, :, top:top + side, left:left + side]
         if torch.rand(1, generator=generator).item() < 0.5:
             crop = crop.flip(-1)
-        out.append(torch.nn.functional.interpolate(crop, size=(size, size), mode="bilinear", align_corners=False))
-    return torch.cat(out)
+        yield crop
+
+
+def random_cutouts(images: torch.Tensor, size: int, cuts: int, generator: torch.Generator | None = None,
+                   min_share: float = 0.5) -> torch.Tensor:
+    """`cuts` random square crops of each image (side between `min_share` and all of the image),
+    randomly mirrored and resized to `size`: (cuts * N, C, size, size), differentiable.
+
+    CLIP judges the crops, not one fixed view, so guidance cannot satisfy it with a
+    pattern that only fools it at one position and scale (the adversarial-pixels problem).
+    The resize here is bilinear; `clip_loss` draws the same crops and prepares each with
+    `clip_pixels`, as CLIP's own preprocessing would."""
+    return torch.cat([torch.nn.functional.interpolate(crop, size=(size, size), mode="bilinear", align_corners=False)
+                      for crop in _cutouts(images, cuts, generator, min_share)])
 
 
 def clip_loss(prompt: str, clip, *, cuts: int = 8, generator: torch.Generator | None = None):
     """A loss on x0: the squared great-circle distance between CLIP's embedding of `prompt` and of
-    random cut-outs of each image, averaged over cut-outs and summed over the batch."""
+    random cut-outs of each image, averaged over cut-outs and summed over the batch.
+
+    Each cut-out is square and becomes CLIP's input through `clip_pixels` (bicubic resize to the
+    model's image size, CLIP's mean/std), the preprocessing the pretrained model was trained with."""
     model, tokenizer = clip
     device = next(model.parameters()).device
     with torch.no_grad():
         tokens = tokenizer([prompt], padding=True, return_tensors="pt").to(device)
         text = torch.nn.functional.normalize(_features(model.get_text_features(**tokens)), dim=-1)
     size = model.config.vision_config.image_size
-    mean = torch.tensor(_CLIP_MEAN, device=device).view(1, 3, 1, 1)
-    std = torch.tensor(_CLIP_STD, device=device).view(1, 3, 1, 1)
 
     def loss(x0):
         if x0.shape[1] != 3:
             raise SamplerError(f"CLIP guidance needs RGB images, got {x0.shape[1]} channel(s)")
-        crops = random_cutouts((x0.clamp(-1, 1) + 1) / 2, size, cuts, generator)
-        image = torch.nn.functional.normalize(_features(model.get_image_features(pixel_values=(crops - mean) / std)), dim=-1)
+        pixels = torch.cat([clip_pixels(crop, size) for crop in _cutouts(x0.clamp(-1, 1), cuts, generator, 0.5)])
+        image = torch.nn.functional.normalize(_features(model.get_image_features(pixel_values=pixels)), dim=-1)
         distance = (image - text).norm(dim=-1).div(2).arcsin().pow(2).mul(2)
         return distance.view(cuts, len(x0)).mean(0).sum()
 

@@ -1,9 +1,11 @@
 """The Hugging Face Hub repos the full track uses, and the revisions they are pinned to.
 
 Pins live in `hub_revisions.json` next to this file: repo id -> 40-hex commit. They are written
-by `python -m coursekit.hub pin` on a machine that reaches the Hub (it asks the Hub for each
-repo's current commit), so the course never guesses a hash. A repo without a pin loads from
-`main` with a warning.
+by `python -m coursekit.hub pin` on a machine that reaches the Hub, so the course never guesses
+a hash. coursekit loads only safetensors weights: where a model's `main` has only pickled
+weights, `pin` pins the Hub's own safetensors conversion of them instead (the pull request that
+its conversion bot opens, refs/pr/N), and fails, naming the repo, when there is none. A repo
+without a pin loads from `SAFETENSORS_REFS` or `main`, with a warning.
 """
 from __future__ import annotations
 
@@ -15,23 +17,35 @@ from pathlib import Path
 
 PINS_FILE = Path(__file__).with_name("hub_revisions.json")
 
+# Each model ships safetensors (google/ddpm-celebahq-256, johnowhitaker/ddpm-butterflies-32px and
+# teticio/audio-diffusion-instrumental-hiphop-256, which the course used before, ship only pickles):
+# the 256-pixel cat DDPM has the celebahq model's architecture, anton-l's 128-pixel butterflies were
+# trained on the same butterflies, and kmpartner's model is teticio's hip-hop model fine-tuned on
+# electronic music in the Hugging Face course, with teticio's mel settings.
 MODELS = (
-    "google/ddpm-celebahq-256",
-    "google/ddpm-bedroom-256",
-    "johnowhitaker/ddpm-butterflies-32px",
+    "anton-l/ddpm-butterflies-128",
+    "google/ddpm-cat-256",
     "stable-diffusion-v1-5/stable-diffusion-v1-5",
-    "teticio/audio-diffusion-instrumental-hiphop-256",
+    "kmpartner/audio-diffusion-electronic",
     "openai/clip-vit-base-patch32",
 )
 DATASETS = (
     "huggan/smithsonian_butterflies_subset",
-    "huggan/wikiart",
     "ylecun/mnist",
-    "lewtun/music_genres",
+    "lewtun/music_genres_small",
 )
-# Which files the loaders read: configs and safetensors only (coursekit never unpickles weights
-# it did not write), and for Stable Diffusion only the fp32 component files, not the multi-GB
-# single-file checkpoints beside them. `coursekit prefetch` downloads exactly these.
+# The weight files each model's loader reads, as safetensors.
+WEIGHTS = {
+    "stable-diffusion-v1-5/stable-diffusion-v1-5": ["unet/diffusion_pytorch_model.safetensors",
+                                                    "vae/diffusion_pytorch_model.safetensors",
+                                                    "text_encoder/model.safetensors"],
+    "anton-l/ddpm-butterflies-128": ["unet/diffusion_pytorch_model.safetensors"],
+    "kmpartner/audio-diffusion-electronic": ["unet/diffusion_pytorch_model.safetensors"],
+    "openai/clip-vit-base-patch32": ["model.safetensors"],
+}
+DEFAULT_WEIGHTS = ["diffusion_pytorch_model.safetensors"]
+# Where, before any pin, a repo's safetensors are known to live when main has only pickles.
+SAFETENSORS_REFS = {"openai/clip-vit-base-patch32": "refs/pr/32"}
 UNSAFE_WEIGHTS = ["*.bin", "*.ckpt", "*.pt", "*.msgpack", "*.onnx", "*.h5"]
 DIFFUSERS_FILES = ["*.json", "*.safetensors", "unet/*", "scheduler/*"]
 CLIP_FILES = ["*.json", "*.txt", "*.safetensors"]
@@ -45,6 +59,16 @@ _FILES = {"stable-diffusion-v1-5/stable-diffusion-v1-5": SD_FILES, "openai/clip-
 def model_files(repo_id: str) -> dict:
     """snapshot_download's allow/ignore patterns for a full-track model repo."""
     return {"allow_patterns": _FILES.get(repo_id, DIFFUSERS_FILES), "ignore_patterns": UNSAFE_WEIGHTS}
+
+
+_DATASET_FILES: dict[str, list[str]] = {}
+
+
+def dataset_files(repo_id: str) -> dict:
+    """snapshot_download's patterns for a full-track dataset repo: its card and data files, no
+    loading scripts (datasets no longer runs them)."""
+    return {"allow_patterns": _DATASET_FILES.get(repo_id, ["README.md", "*.parquet", "*.json"]),
+            "ignore_patterns": ["*.py"]}
 
 
 _SHA = re.compile(r"^[0-9a-f]{40}$")
@@ -61,23 +85,24 @@ def pins() -> dict[str, str]:
 
 
 def revision(repo_id: str) -> str:
-    """The pinned commit for `repo_id`, or 'main' (with a warning) when none is recorded."""
+    """The pinned commit for `repo_id`, or (with a warning) its known safetensors ref or 'main'."""
     pinned = pins().get(repo_id)
     if pinned:
         return pinned
+    ref = SAFETENSORS_REFS.get(repo_id, "main")
     warnings.warn(
-        f"{repo_id} has no pinned revision in {PINS_FILE.name}; loading 'main'. "
+        f"{repo_id} has no pinned revision in {PINS_FILE.name}; loading {ref!r}. "
         "Run `python -m coursekit.hub pin` on a machine with Hub access to pin it.",
         stacklevel=2,
     )
-    return "main"
+    return ref
 
 
 class HubUnavailable(ValueError):
     """A full-track repo is neither cached nor reachable; the message says what to use instead."""
 
 
-def fetch(repo_id: str, instead: str, **snapshot_kwargs) -> Path:
+def fetch(repo_id: str, instead: str, repo_type: str = "model", **snapshot_kwargs) -> Path:
     """A local snapshot of `repo_id` at its pinned revision (from the cache when offline).
 
     Fails fast, naming `instead` (the small-track alternative), when the repo is not cached and
@@ -87,28 +112,70 @@ def fetch(repo_id: str, instead: str, **snapshot_kwargs) -> Path:
 
     from . import tracks
 
-    if not tracks.is_cached(repo_id) and not tracks.hub_reachable():
+    if not tracks.is_cached(repo_id, repo_type) and not tracks.hub_reachable():
         why = "HF_HUB_OFFLINE is set" if tracks.hub_offline_flag() else "the Hub is unreachable"
-        raise HubUnavailable(f"{repo_id} is not in the Hugging Face cache and {why}; {instead}, "
-                             "or fetch it first on a machine with network access")
-    return Path(snapshot_download(repo_id, revision=revision(repo_id), **snapshot_kwargs))
+        raise HubUnavailable(f"the {repo_type} {repo_id} is not in the Hugging Face cache and {why}; {instead}, "
+                             "or fetch it first on a machine with network access (`coursekit prefetch`)")
+    return Path(snapshot_download(repo_id, repo_type=repo_type, revision=revision(repo_id), **snapshot_kwargs))
 
 
-def pin(repos: tuple[str, ...] = MODELS + DATASETS) -> dict[str, str]:
-    """Ask the Hub for each repo's current commit and record it in hub_revisions.json."""
+class NoSafetensors(RuntimeError):
+    """A model repo has no revision with the safetensors weights coursekit loads."""
+
+
+def safetensors_revision(api, repo_id: str) -> tuple[str, str]:
+    """(commit, ref) of the newest revision of a model repo that holds every file in its
+    `WEIGHTS` as safetensors: main if it does, else the newest pull request that adds them."""
+    needed = WEIGHTS.get(repo_id, DEFAULT_WEIGHTS)
+    main = api.model_info(repo_id).sha
+    candidates = [(main, "main")]
+    refs = api.list_repo_refs(repo_id, include_pull_requests=True)
+    prs = sorted(refs.pull_requests or [], key=lambda r: int(r.name.rsplit("/", 1)[-1]), reverse=True)
+    candidates += [(r.target_commit, r.name) for r in prs]
+    for commit, ref in candidates:
+        files = set(api.list_repo_files(repo_id, revision=commit))
+        if all(f in files for f in needed):
+            return commit, ref
+    raise NoSafetensors(f"{repo_id} has no revision with {', '.join(needed)} (main has only pickled weights, and no "
+                        "pull request adds safetensors); coursekit does not unpickle weights it did not write, so the "
+                        "notebooks that use it cannot run on the full track until the Hub's conversion "
+                        "(https://huggingface.co/spaces/safetensors/convert) opens one")
+
+
+def pin(repos: tuple[str, ...] = MODELS + DATASETS, api=None) -> dict[str, str]:
+    """Ask the Hub for each repo's revision to use and record it in hub_revisions.json: datasets
+    at main, models at their newest revision with safetensors (`safetensors_revision`)."""
     from huggingface_hub import HfApi
 
-    api = HfApi()
-    found = pins()
+    api = api or HfApi()
+    found, missing = pins(), []
     for repo in repos:
-        info = api.dataset_info(repo) if repo in DATASETS else api.model_info(repo)
-        found[repo] = info.sha
-        print(f"{repo}: {info.sha}")
+        if repo in DATASETS:
+            found[repo] = api.dataset_info(repo).sha
+            print(f"{repo}: {found[repo]}")
+            continue
+        try:
+            found[repo], ref = safetensors_revision(api, repo)
+        except NoSafetensors as e:
+            missing.append(str(e))
+            continue
+        print(f"{repo}: {found[repo]}" + (f" ({ref}: main has no safetensors)" if ref != "main" else ""))
     PINS_FILE.write_text(json.dumps(found, indent=2, sort_keys=True) + "\n")
+    if missing:
+        raise NoSafetensors("\n".join(missing))
     return found
 
 
-if __name__ == "__main__":
-    if sys.argv[1:] != ["pin"]:
+def main(argv=None, api=None) -> None:
+    """`python -m coursekit.hub pin`: pin every full-track repo; exits non-zero naming any model
+    with no safetensors revision (the others are pinned all the same)."""
+    if (sys.argv[1:] if argv is None else argv) != ["pin"]:
         sys.exit("usage: python -m coursekit.hub pin")
-    pin()
+    try:
+        pin(api=api)
+    except NoSafetensors as e:
+        sys.exit(f"coursekit.hub pin: {e}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,7 +1,8 @@
 """How good are the samples? An independent digit classifier and a Fréchet distance.
 
-The classifier is fit on the real 8x8 digits only (never on samples, and never used to guide
-sampling), so it is an independent judge of whether a generated digit is the one asked for.
+The classifier is fit on real digits only (the track's own: scikit-learn's 8x8 digits, or MNIST),
+never on samples and never used to guide sampling, so it is an independent judge of whether a
+generated digit is the one asked for.
 """
 from __future__ import annotations
 
@@ -11,12 +12,17 @@ from functools import lru_cache
 import numpy as np
 
 
+def _array(labels) -> np.ndarray:
+    """Labels as a NumPy array, from a list, an array or a tensor on any device."""
+    return labels.detach().cpu().numpy() if hasattr(labels, "detach") else np.asarray(labels)
+
+
 def to_digit_features(x) -> np.ndarray:
     """Images (N, 1, H, W) in [-1, 1] -> (N, 64) features on the real digits' 8x8, 0..16 scale."""
     import torch
     import torch.nn.functional as F
 
-    x = torch.as_tensor(x).float().clamp(-1, 1)
+    x = torch.as_tensor(x).detach().float().cpu().clamp(-1, 1)
     if x.ndim != 4 or x.shape[1] != 1:
         raise ValueError(f"digit features need grey images (N, 1, H, W), got {tuple(x.shape)}")
     x = F.adaptive_avg_pool2d(x, 8)
@@ -38,7 +44,7 @@ class DigitJudge:
 
     def accuracy(self, x, labels) -> float:
         """Share of samples `x` classified as their requested `labels`."""
-        return float(np.mean(self.predict(x) == np.asarray(labels)))
+        return float(np.mean(self.predict(x) == _array(labels)))
 
     def confidence(self, x) -> float:
         """Mean top-class probability: how digit-like the samples look, whatever the digit."""
@@ -47,19 +53,23 @@ class DigitJudge:
     def diversity(self, x, labels) -> float:
         """Mean distance between two samples of the same requested class, in the judge's feature
         space, over the same measure for the real images: 1 is as varied as real data, 0 is copies."""
-        return _spread(to_digit_features(x), np.asarray(labels)) / self.real_spread
+        return _spread(to_digit_features(x), _array(labels)) / self.real_spread
 
     def fid(self, x) -> float:
         """Fréchet distance between samples and real digits in a 20-d PCA space of 8x8 pixels."""
         return frechet_distance(self.pca.transform(to_digit_features(x)), self.real_features)
 
 
-@lru_cache(maxsize=2)
-def digit_judge(size: int = 16, seed: int = 0) -> DigitJudge:
-    """The judge fit on scikit-learn's digits, seen through the same `size` round trip."""
+@lru_cache(maxsize=4)
+def digit_judge(size: int = 16, seed: int = 0, dataset: str = "digits", limit: int = 10000) -> DigitJudge:
+    """The judge fit on a labelled digit dataset seen through the same `size` round trip: the
+    small track's scikit-learn digits, or the full track's MNIST (`dataset='mnist'`, its first
+    `limit` training images), so that accuracy, FD and diversity are measured against the
+    digits of the track's own data."""
     from . import data
 
-    return fit_judge(*data.tensors(data.load("digits"), size, 1), seed=seed)
+    ds = data.load(dataset)
+    return fit_judge(*data.tensors(ds.select(range(min(limit, len(ds)))), size, 1), seed=seed)
 
 
 def fit_judge(x, y, seed: int = 0) -> DigitJudge:
@@ -71,7 +81,7 @@ def fit_judge(x, y, seed: int = 0) -> DigitJudge:
     from sklearn.preprocessing import StandardScaler
     from sklearn.svm import SVC
 
-    feats, y = to_digit_features(x), np.asarray(y)
+    feats, y = to_digit_features(x), _array(y)
     f_train, f_test, y_train, y_test = train_test_split(feats, y, test_size=0.25, random_state=seed, stratify=y)
     svc = SVC(C=10, gamma="scale", random_state=seed)
     model = make_pipeline(StandardScaler(), CalibratedClassifierCV(svc, ensemble=False))
@@ -113,7 +123,7 @@ def pixel_fd(samples, reference, size: int = 8, dims: int = 10) -> float:
     from sklearn.decomposition import PCA
 
     def shrink(x):
-        x = torch.as_tensor(x).float().clamp(-1, 1)
+        x = torch.as_tensor(x).detach().float().cpu().clamp(-1, 1)
         if x.ndim != 4:
             raise ValueError(f"pixel_fd takes image batches (N, C, H, W), got {tuple(x.shape)}")
         return F.adaptive_avg_pool2d(x, size).flatten(1).numpy()

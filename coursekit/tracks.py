@@ -1,8 +1,16 @@
 """Where the course runs: device, notebook host, Hub access, and the small/full track switch.
 
 The small track runs offline on a CPU with bundled data and zoo checkpoints; the full track
-uses the course-scale Hub models on a GPU. `Settings` holds both sets of values side by side
+uses the course-scale Hub models on a CUDA GPU. `Settings` holds both sets of values side by side
 and picks the active one, so a notebook's code is the same on either track.
+
+A *rehearsal* (`coursekit run --track full --rehearse`) runs the full track's code on a CPU with
+stand-in Hub repos (`coursekit.standins`) and its settings scaled down by `rehearsal_value`.
+
+Apple's MPS does not pick the full track by itself: the full track's models run in fp32, which on
+a laptop's shared memory is slow (Stable Diffusion alone holds about 4 GB of weights) and some
+operations fall back to the CPU; its budgets are set for a 16 GB CUDA T4. `COURSEKIT_TRACK=full`
+runs it on MPS anyway, as an explicit choice.
 """
 from __future__ import annotations
 
@@ -15,6 +23,9 @@ from dataclasses import dataclass
 
 TRACKS = ("small", "full")
 HUB_HOST = ("huggingface.co", 443)
+REHEARSE_ENV = "COURSEKIT_REHEARSE"
+MPS_NOTE = ("Apple's MPS runs the small track unless COURSEKIT_TRACK=full asks for the full one: the full "
+            "track's fp32 models are slow in a laptop's shared memory and its budgets are set for a CUDA T4")
 
 
 class TrackError(RuntimeError):
@@ -80,6 +91,39 @@ def is_cached(repo_id: str, repo_type: str = "model") -> bool:
     return os.path.isdir(folder) and any(os.scandir(folder))
 
 
+def rehearsing() -> bool:
+    """True inside a rehearsal: the full track's code on a CPU with stand-in Hub repos."""
+    return os.environ.get(REHEARSE_ENV, "").strip() == "1"
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _ints(v) -> bool:
+    if isinstance(v, dict):
+        return bool(v) and all(_ints(x) or _is_int(x) for x in v.values())
+    return isinstance(v, (tuple, list)) and bool(v) and all(_is_int(x) or _ints(x) for x in v)
+
+
+def _total(v) -> int:
+    values = v.values() if isinstance(v, dict) else v
+    return sum(_total(x) if _ints(x) else x for x in values)
+
+
+def rehearsal_value(small, full):
+    """A full-track setting scaled down for a rehearsal, by one rule: a count (an integer:
+    steps, samples, batch size, image size) becomes the smaller of its two values; a collection
+    of counts (a list of step counts, a plan of samplers and steps, widths) becomes the one of
+    the two with the smaller total; everything else (models, datasets, prompts, scales, rates,
+    None) keeps its full-track value, so the rehearsal follows the full track's code path."""
+    if _is_int(small) and _is_int(full):
+        return min(small, full)
+    if _ints(small) and _ints(full) and type(small) is type(full):
+        return small if _total(small) <= _total(full) else full
+    return full
+
+
 def _forced() -> str | None:
     forced = os.environ.get("COURSEKIT_TRACK", "").strip().lower()
     if not forced:
@@ -89,15 +133,21 @@ def _forced() -> str | None:
     return forced
 
 
-def missing_for_full(needs: list[tuple[str, str]] = (), *, check_hub: bool = True) -> list[str]:
-    """What stops the full track here: no GPU, or Hub repos neither cached nor reachable.
+def missing_for_full(needs: list[tuple[str, str]] = (), *, check_hub: bool = True,
+                     allow_mps: bool = False) -> list[str]:
+    """What stops the full track here: no CUDA GPU (MPS only when `allow_mps`), or Hub repos
+    neither cached nor reachable. A rehearsal needs no GPU.
 
     `needs` is a list of (repo_id, repo_type) pairs, repo_type 'model' or 'dataset'.
     """
     missing = []
     dev = device()
-    if dev == "cpu":
-        missing.append("a GPU (torch sees no CUDA or MPS device)")
+    if rehearsing():
+        pass
+    elif dev == "cpu":
+        missing.append("a GPU (torch sees no CUDA device)")
+    elif dev == "mps" and not allow_mps:
+        missing.append(f"a CUDA GPU ({MPS_NOTE})")
     uncached = [(r, t) for r, t in needs if not is_cached(r, t)]
     if uncached and not (check_hub and hub_reachable()):
         why = "HF_HUB_OFFLINE is set" if hub_offline_flag() else "the Hub is unreachable"
@@ -115,7 +165,7 @@ def pick_track(needs: list[tuple[str, str]] = ()) -> str:
     forced = _forced()
     if forced == "small":
         return "small"
-    missing = missing_for_full(needs)
+    missing = missing_for_full(needs, allow_mps=forced == "full")
     if forced == "full" and missing:
         raise TrackError(
             "COURSEKIT_TRACK=full, but the full track needs "
@@ -126,7 +176,9 @@ def pick_track(needs: list[tuple[str, str]] = ()) -> str:
     return "small" if missing else "full"
 
 
-def _hub_needs(full_values: dict) -> list[tuple[str, str]]:
+def hub_needs(full_values: dict) -> list[tuple[str, str]]:
+    """The Hub repos among a notebook's full-track values: `model`/`*_model` and
+    `dataset`/`*_dataset` keys whose values look like Hub ids."""
     needs = []
     for key, value in full_values.items():
         if not isinstance(value, str) or "/" not in value or os.path.exists(value):
@@ -147,7 +199,7 @@ class _Row:
 class Settings:
     """A notebook's settings, small and full values side by side; attributes give the active ones.
 
-    >>> S = Settings(model=("digits-uncond", "johnowhitaker/ddpm-butterflies-32px"), steps=(25, 50))
+    >>> S = Settings(model=("digits-uncond", "anton-l/ddpm-butterflies-128"), steps=(25, 50))
     >>> S.model, S.steps  # on the small track
     ('digits-uncond', 25)
 
@@ -161,37 +213,45 @@ class Settings:
                 raise TypeError(f"setting {key!r} must be a (small, full) pair, got {pair!r}")
         self._rows = {k: _Row(*v) for k, v in rows.items()}
         if track is None:
-            track = pick_track(_hub_needs({k: r.full for k, r in self._rows.items()}))
+            track = pick_track(hub_needs({k: r.full for k, r in self._rows.items()}))
         elif track not in TRACKS:
             raise TrackError(f"track={track!r} is not a track: use 'small' or 'full'.")
         elif track == "full":
-            missing = missing_for_full(_hub_needs({k: r.full for k, r in self._rows.items()}))
+            missing = missing_for_full(hub_needs({k: r.full for k, r in self._rows.items()}), allow_mps=True)
             if missing:
                 raise TrackError("the full track needs " + "; ".join(missing) + ".")
         self.track = track
-        self.device = device() if track == "full" else "cpu"
+        self.rehearsal = track == "full" and rehearsing()
+        self.device = device() if track == "full" and not self.rehearsal else "cpu"
+
+    def _value(self, row: _Row):
+        if self.track == "small":
+            return row.small
+        return rehearsal_value(row.small, row.full) if self.rehearsal else row.full
 
     def __getattr__(self, key: str):
         rows = self.__dict__.get("_rows", {})
         if key not in rows:
             raise AttributeError(f"no setting {key!r}; known: {', '.join(rows)}")
-        return getattr(rows[key], self.__dict__["track"])
+        return self._value(rows[key])
 
     def as_dict(self) -> dict:
-        return {k: getattr(r, self.track) for k, r in self._rows.items()}
+        return {k: self._value(r) for k, r in self._rows.items()}
 
     def table(self) -> str:
         """The settings as a text table, the active column marked with '*'."""
+        full = "full (rehearsal)" if self.rehearsal else "full"
         head = ["setting", "small" + (" *" if self.track == "small" else ""),
-                "full" + (" *" if self.track == "full" else "")]
-        body = [[k, str(r.small), str(r.full)] for k, r in self._rows.items()]
+                full + (" *" if self.track == "full" else "")]
+        body = [[k, str(r.small), str(self._value(r) if self.rehearsal else r.full)] for k, r in self._rows.items()]
         widths = [max(len(row[i]) for row in [head] + body) for i in range(3)]
         lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in [head] + body]
         lines.insert(1, "  ".join("-" * w for w in widths))
         return "\n".join(lines)
 
     def __repr__(self) -> str:
-        return f"track: {self.track} (device: {self.device}, host: {host()})\n{self.table()}"
+        where = "a rehearsal on the CPU: stand-in models, settings scaled down" if self.rehearsal else f"device: {self.device}"
+        return f"track: {self.track} ({where}, host: {host()})\n{self.table()}"
 
 
 def seed_everything(seed: int = 0) -> "torch.Generator":

@@ -174,15 +174,16 @@ def edit_pair(unet, scheduler, x0: torch.Tensor, source: int, target: int, k: in
     `coursekit.inversion.edit` from step k with the source class and with the target class."""
     from . import inversion as inv
 
+    label = lambda c: torch.tensor([c], device=unet.device)
     if inversion is None:
-        inversion = inv.invert(unet, scheduler, x0, steps=steps, labels=torch.tensor([source]), progress=False)
+        inversion = inv.invert(unet, scheduler, x0.to(unet.device), steps=steps, labels=label(source), progress=False)
     if tick:
         tick(0, 2)
-    recon = inv.edit(unet, scheduler, inversion, k, labels=torch.tensor([source]), guidance_scale=guidance_scale, progress=False)
+    recon = inv.edit(unet, scheduler, inversion, k, labels=label(source), guidance_scale=guidance_scale, progress=False)
     if tick:
         tick(1, 2)
-    edited = inv.edit(unet, scheduler, inversion, k, labels=torch.tensor([target]), guidance_scale=guidance_scale, progress=False)
-    return recon, edited
+    edited = inv.edit(unet, scheduler, inversion, k, labels=label(target), guidance_scale=guidance_scale, progress=False)
+    return recon.cpu(), edited.cpu()
 
 
 def inversion_editor(unet, scheduler, images: torch.Tensor, labels: torch.Tensor, *, steps: int = 50, k: int = 35,
@@ -199,9 +200,10 @@ def inversion_editor(unet, scheduler, images: torch.Tensor, labels: torch.Tensor
                 "target": w.Dropdown(options=classes, value=classes[(int(labels[0]) + 1) % len(classes)], description="target")}
 
     def compute(index, k, target, tick):
-        x0, source = images[index:index + 1], int(labels[index])
+        x0, source = images[index:index + 1].cpu(), int(labels[index])
         if index not in cache:
-            cache[index] = inv.invert(unet, scheduler, x0, steps=steps, labels=torch.tensor([source]), progress=False)
+            cache[index] = inv.invert(unet, scheduler, x0.to(unet.device), steps=steps,
+                                      labels=torch.tensor([source], device=unet.device), progress=False)
         recon, edited = edit_pair(unet, scheduler, x0, source, target, k, steps=steps, guidance_scale=guidance_scale,
                                   inversion=cache[index], tick=tick)
         return x0, recon, edited

@@ -16,12 +16,25 @@ def tone(freq, seconds=None, rate=P.sample_rate, amp=0.5):
     return amp * torch.sin(2 * math.pi * freq * torch.arange(n) / rate)
 
 
-def test_image_is_in_range_with_low_frequencies_at_the_bottom():
+def test_image_is_8_bit_grey_levels_in_range_with_low_frequencies_in_row_0():
+    """audio-diffusion's convention (tests/test_audio_conformance.py checks it against the reference):
+    row 0 is the lowest mel band, 256 grey levels g read as g / 255 * 2 - 1."""
     low, high = audio.to_image(tone(150), P), audio.to_image(tone(3000), P)
     assert low.shape == (1, P.n_mels, P.frames)
     assert low.min() >= -1 and low.max() == pytest.approx(1.0)
+    for image in (low, high):
+        grey = (image + 1) / 2 * 255
+        torch.testing.assert_close(grey, grey.round(), atol=1e-4, rtol=0)
     rows = lambda im: im[0].mean(1)
-    assert rows(low).argmax() > P.n_mels * 3 // 4 and rows(high).argmax() < P.n_mels // 4
+    assert rows(low).argmax() < P.n_mels // 4 and rows(high).argmax() > P.n_mels * 3 // 4
+
+
+def test_a_slice_is_frames_hops_less_one_sample_and_short_audio_is_padded():
+    assert P.slice_samples == P.frames * P.hop_length - 1
+    short = tone(440, 0.3)
+    torch.testing.assert_close(audio.to_image(short, P),
+                               audio.to_image(torch.nn.functional.pad(short, (0, P.slice_samples - len(short))), P))
+    assert len(audio.from_image(audio.to_image(short, P), P)) == (P.frames - 1) * P.hop_length
 
 
 def test_roundtrip_quality_on_synthetic_signals():
@@ -155,40 +168,45 @@ def test_dataset_images_keeps_one_genre_by_name_and_refuses_unknown_ones(monkeyp
 
 
 def test_full_track_music_dataset_decodes_to_the_small_sets_columns(tmp_path, monkeypatch):
-    """lewtun/music_genres' layout (audio, song_id, genre_id, genre), with the Hub replaced by a
-    local dataset: decoded with soundfile when read, stereo mixed down, genre as a class label."""
+    """lewtun/music_genres_small's layout (audio, song_id, genre_id, genre) in a local Hub cache,
+    loaded through data.load: decoded with soundfile when read, stereo mixed down, genre as a
+    class label."""
+    import io
+
     import datasets
     import soundfile as sf
+    from huggingface_hub import constants
 
-    from coursekit import hub, tracks
+    from tests.helpers import fake_hub_snapshot
 
-    paths = []
-    for i, (freq, channels) in enumerate([(220, 1), (880, 2), (330, 1)]):
+    audio_bytes = []
+    for freq, channels in [(220, 1), (880, 2), (330, 1)]:
         w = tone(freq, 2.0, rate=22050).numpy()
-        paths.append(str(tmp_path / f"{i}.wav"))
-        sf.write(paths[-1], np.stack([w] * channels, 1) if channels == 2 else w, 22050)
-    genres = datasets.Dataset.from_dict({"audio": paths, "song_id": [1, 2, 3], "genre_id": [5, 7, 5],
-                                         "genre": ["Jazz", "Hip-Hop", "Jazz"]}).cast_column("audio", datasets.Audio())
-    calls = {}
-
-    def fake_load_dataset(repo, revision=None, split=None):
-        calls.update(repo=repo, revision=revision, split=split)
-        return genres
-
-    monkeypatch.setattr(tracks, "is_cached", lambda repo, kind="model": True)
-    monkeypatch.setattr(hub, "pins", lambda: {"lewtun/music_genres": "c" * 40})
-    monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
+        buffer = io.BytesIO()
+        sf.write(buffer, np.stack([w] * channels, 1) if channels == 2 else w, 22050, format="WAV")
+        audio_bytes.append({"bytes": buffer.getvalue(), "path": f"{freq}.wav"})
+    struct = {"bytes": datasets.Value("binary"), "path": datasets.Value("string")}
+    genres = datasets.Dataset.from_dict(
+        {"audio": audio_bytes, "song_id": [1, 2, 3], "genre_id": [13, 4, 13], "genre": ["Jazz", "Hip-Hop", "Jazz"]},
+        features=datasets.Features({"audio": struct, "song_id": datasets.Value("int64"),
+                                    "genre_id": datasets.Value("int64"), "genre": datasets.Value("string")}),
+    ).cast_column("audio", datasets.Audio())
+    snapshot = fake_hub_snapshot(tmp_path / "hub", "lewtun/music_genres_small", "c" * 40, kind="dataset")
+    (snapshot / "data").mkdir()
+    genres.to_parquet(str(snapshot / "data" / "train-00000-of-00001.parquet"))
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "datasets")
     ds = data.load("music_genres")
-    assert calls == {"repo": "lewtun/music_genres", "revision": "c" * 40, "split": "train"}
-    assert ds.features["label"].names == ["Hip-Hop", "Jazz"]
+    assert ds.features["label"].names == ["Hip-Hop", "Jazz"] and ds.column_names == ["audio", "label"]
     row = ds[1]
     assert row["sampling_rate"] == 22050 and np.asarray(row["audio"]).ndim == 1 and len(row["audio"]) == 44100
     images, labels = audio.dataset_images(ds, P, "Jazz")
-    assert len(images) == 2 * int(2.0 * P.sample_rate // P.slice_samples) and set(labels.tolist()) == {1}
+    per_clip = len(audio.slices(torch.zeros(int(2.0 * P.sample_rate)), P))
+    assert len(images) == 2 * per_clip and set(labels.tolist()) == {1}
 
 
 def test_full_track_music_dataset_offline_names_the_small_set():
-    with pytest.raises(data.DataError, match=r"lewtun/music_genres .*data.load\('music'\)"):
+    with pytest.raises(data.DataError, match=r"lewtun/music_genres_small .*data.load\('music'\)"):
         data.load("music_genres")
 
 

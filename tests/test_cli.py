@@ -22,7 +22,7 @@ def test_run_writes_executed_notebooks_html_and_an_index(tmp_path):
     run = json.loads((out / "run.json").read_text())
     status = {r["notebook"].split("/")[-1]: r["status"] for r in run["notebooks"]}
     assert status["good.ipynb"] == "ok"
-    assert status["bad.ipynb"].startswith("failed: CellExecutionError") and "broken on purpose" in status["bad.ipynb"]
+    assert status["bad.ipynb"].startswith("failed: cell 1: CellExecutionError") and "broken on purpose" in status["bad.ipynb"]
     index = (out / "index.html").read_text()
     assert "good.ipynb" in index and "bad.ipynb" in index
     executed = list(out.rglob("good.ipynb"))[0]
@@ -48,10 +48,13 @@ def test_notebook_settings_and_needs_are_read_without_running(tmp_path):
     assert cli.notebook_settings(nb) == {"model": ("digits-cond", "org/model"), "dataset": ("digits", "org/data"), "steps": (5, 50)}
     assert cli.notebook_needs(nb) == [("org/model", "model"), ("org/data", "dataset")]
     audio_needs = cli.notebook_needs(ROOT / "units" / "unit4" / "02_diffusion_for_audio.ipynb")
-    assert audio_needs == [("teticio/audio-diffusion-instrumental-hiphop-256", "model"), ("lewtun/music_genres", "dataset")]
+    assert audio_needs == [("kmpartner/audio-diffusion-electronic", "model"), ("lewtun/music_genres_small", "dataset")]
 
 
-def test_doctor_offline_on_cpu_says_small_track_for_every_notebook(capsys):
+def test_doctor_offline_on_cpu_says_small_track_for_every_notebook(capsys, monkeypatch):
+    from coursekit import tracks
+
+    monkeypatch.setattr(tracks, "device", lambda: "cpu")
     report = cli.doctor([str(ROOT / "units")])
     assert report["device"] == "cpu" and not report["hub_reachable"] and report["zoo_complete"]
     assert len(report["notebooks"]) == len(list((ROOT / "units").rglob("*.ipynb")))
@@ -70,6 +73,17 @@ def test_doctor_sees_the_full_track_with_a_gpu_and_cached_repos(monkeypatch):
     report = cli.doctor([str(ROOT / "units")])
     assert report["track_picked"] == "full" and report["verdict"] == "ready for the full track on cuda"
     assert all(report["cached"].values())
+
+
+def test_doctor_on_a_mac_says_why_mps_gets_the_small_track(monkeypatch):
+    from coursekit import tracks
+
+    monkeypatch.delenv("COURSEKIT_TRACK", raising=False)
+    monkeypatch.setattr(tracks, "device", lambda: "mps")
+    monkeypatch.setattr(tracks, "is_cached", lambda repo, kind="model": True)
+    report = cli.doctor([str(ROOT / "units")])
+    assert report["track_picked"] == "small" and "COURSEKIT_TRACK=full" in report["verdict"]
+    assert "T4" in report["verdict"] and all("MPS" in n["full"] for n in report["notebooks"] if n["needs"])
 
 
 def test_prefetch_offline_fails_fast_and_writes_nothing(tmp_path, monkeypatch, capsys):
@@ -97,18 +111,20 @@ def test_prefetch_downloads_pinned_revisions_verifies_and_prints_sizes(tmp_path,
         return str(folder)
 
     monkeypatch.setattr(tracks, "hub_reachable", lambda timeout=2.0: True)
-    monkeypatch.setattr(hub, "pins", lambda: {"teticio/audio-diffusion-instrumental-hiphop-256": "a" * 40,
-                                              "lewtun/music_genres": "b" * 40,
-                                              "stable-diffusion-v1-5/stable-diffusion-v1-5": "c" * 40})
+    plan = cli.prefetch_plan(unit=4, root=str(ROOT / "units"))
+    pins = {repo: f"{i:x}" * 40 for i, (repo, _) in enumerate(plan, start=10)}
+    monkeypatch.setattr(hub, "pins", lambda: pins)
     monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot_download)
     done = cli.prefetch(unit=4, root=str(ROOT / "units"))
-    assert [d["repo"] for d in done] == ["stable-diffusion-v1-5/stable-diffusion-v1-5",
-                                         "teticio/audio-diffusion-instrumental-hiphop-256", "lewtun/music_genres"]
+    assert [d["repo"] for d in done] == [repo for repo, _ in plan] and len(plan) == 3
+    assert {kind for _, kind in plan} == {"model", "dataset"}
     assert all(d["bytes"] == 2_000_000 for d in done)
     fetched = [c for c in calls if not c[3]]
     verified = [c for c in calls if c[3]]
-    assert [c[2] for c in fetched] == ["c" * 40, "a" * 40, "b" * 40] and len(verified) == 3
-    assert "*.bin" in fetched[0][4]["ignore_patterns"] and fetched[2][1] == "dataset"
+    assert [c[2] for c in fetched] == [pins[repo] for repo, _ in plan] and len(verified) == 3
+    for repo, kind, _, _, patterns in fetched:
+        assert patterns == (hub.model_files(repo) if kind == "model" else hub.dataset_files(repo))
+        assert "*.bin" in patterns["ignore_patterns"] if kind == "model" else "*.py" in patterns["ignore_patterns"]
     assert "prefetched 3 repos, 6.0 MB in all" in capsys.readouterr().out
 
 
@@ -141,3 +157,58 @@ def test_instructor_times_come_from_coursekit_runs(tmp_path):
     instructor_times.main(["--full", str(full), "--guide", str(guide)])
     assert "| `unit1/a.ipynb` | 1.5 min | 10.0 min |" in guide.read_text()
     assert "| the whole course, run end to end | 2.0 min | 10.0 min |" in guide.read_text()
+
+
+def _settings_notebook(path, *cells):
+    return write(path, "from coursekit import tracks\n"
+                       "S = tracks.Settings(model=('digits-uncond', 'google/ddpm-cat-256'), dataset=('digits', 'ylecun/mnist'), "
+                       "steps=(5, 50))\nprint(S.track, S.rehearsal, S.device, S.steps)", *cells)
+
+
+def _rehearse(monkeypatch, tmp_path, nb, repos):
+    from coursekit import standins
+
+    monkeypatch.setattr(standins, "STANDINS", {r: standins.STANDINS[r] for r in repos})
+    out = tmp_path / "build"
+    code = cli.cmd_run(type("A", (), {"paths": [str(nb)], "track": None, "rehearse": True, "out": str(out), "timeout": 120})())
+    run = json.loads((out / "run.json").read_text())
+    return code, run, nbformat.read(next(out.rglob(nb.name)), 4)
+
+
+def test_rehearsal_runs_the_full_track_code_on_stand_ins_and_restores_the_environment(tmp_path, monkeypatch):
+    import os
+
+    before = {k: os.environ.get(k) for k in ("HF_HOME", "COURSEKIT_TRACK", "COURSEKIT_REHEARSE")}
+    nb = _settings_notebook(tmp_path / "r.ipynb",
+                            "from coursekit import data, zoo\nunet, _ = zoo.load(S.model)\nds = data.load(S.dataset)\n"
+                            "print(type(unet).__name__, unet.config.sample_size, ds.column_names, len(ds))")
+    code, run, executed = _rehearse(monkeypatch, tmp_path, nb, ["google/ddpm-cat-256", "ylecun/mnist"])
+    assert code == 0 and run["track"] == "full (rehearsal)" and run["notebooks"][0]["status"] == "ok"
+    stdout = ["".join(o["text"] for o in c.outputs if o.get("name") == "stdout") for c in executed.cells]
+    assert stdout[0].split()[:4] == ["full", "True", "cpu", "5"], "counts scaled down"
+    assert stdout[1].split()[:2] == ["UNet2DModel", "32"]
+    assert {k: os.environ.get(k) for k in before} == before
+
+
+def test_rehearsal_names_the_notebook_and_cell_of_a_failing_full_track_cell(tmp_path, monkeypatch):
+    nb = _settings_notebook(tmp_path / "broken.ipynb", "x = 1",
+                            "if S.track == 'full':\n    raise RuntimeError('only the full track breaks here')")
+    code, run, _ = _rehearse(monkeypatch, tmp_path, nb, ["google/ddpm-cat-256", "ylecun/mnist"])
+    assert code == 1
+    status = run["notebooks"][0]["status"]
+    assert run["notebooks"][0]["notebook"].endswith("broken.ipynb")
+    assert status.startswith("failed: cell 2: ") and "only the full track breaks here" in status
+
+
+def test_rehearsal_without_a_stand_in_fails_naming_the_repo(tmp_path, monkeypatch):
+    nb = _settings_notebook(tmp_path / "missing.ipynb", "from coursekit import data\ndata.load(S.dataset)")
+    code, run, _ = _rehearse(monkeypatch, tmp_path, nb, ["google/ddpm-cat-256"])
+    status = run["notebooks"][0]["status"]
+    assert code == 1 and status.startswith("failed: cell 0: ") and "the dataset ylecun/mnist" in status
+
+
+def test_rehearse_refuses_the_small_track(tmp_path):
+    import pytest
+
+    with pytest.raises(SystemExit, match="--rehearse rehearses the full track"):
+        cli.cmd_run(type("A", (), {"paths": [], "track": "small", "rehearse": True, "out": str(tmp_path), "timeout": 5})())

@@ -86,28 +86,28 @@ def test_full_track_dataset_offline_suggests_the_small_equivalent():
         data.load("huggan/smithsonian_butterflies_subset")
 
 
-def test_full_track_dataset_goes_to_load_dataset_with_pinned_revision(monkeypatch):
-    """The full-track path, with the Hub replaced by a local dataset of the same columns."""
+def test_full_track_dataset_loads_from_the_snapshot_of_its_pinned_revision(tmp_path, monkeypatch):
+    """The full-track path, with the Hub cache holding two revisions of a dataset of the real
+    columns: data.load reads the pinned one from disk, with no network."""
     import datasets
+    from huggingface_hub import constants
 
-    from coursekit import hub, tracks
+    from coursekit import hub
+    from tests.helpers import fake_hub_snapshot
 
-    calls = {}
-    wikiart = datasets.Dataset.from_dict(
-        {"image": [Image.new("RGB", (4, 4))] * 2, "artist": [0, 1], "genre": [1, 1], "style": [3, 4]},
-        features=datasets.Features({"image": datasets.Image(), "artist": datasets.Value("int64"),
-                                    "genre": datasets.Value("int64"), "style": datasets.Value("int64")}))
-
-    def fake_load_dataset(repo, revision=None, split=None):
-        calls.update(repo=repo, revision=revision, split=split)
-        return wikiart
-
-    monkeypatch.setattr(tracks, "is_cached", lambda repo, kind="model": True)
-    monkeypatch.setattr(hub, "pins", lambda: {"huggan/wikiart": "b" * 40})
-    monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
-    ds = data.load("wikiart")
-    assert calls == {"repo": "huggan/wikiart", "revision": "b" * 40, "split": "train"}
-    assert ds.column_names == ["image", "label"] and ds["label"] == [3, 4]
+    features = datasets.Features({"image": datasets.Image(), "name": datasets.Value("string")})
+    for rev, n in (("a" * 40, 3), ("b" * 40, 5)):
+        snapshot = tmp_path / "hub" / "datasets--huggan--smithsonian_butterflies_subset" / "snapshots" / rev
+        if rev == "a" * 40:
+            snapshot = fake_hub_snapshot(tmp_path / "hub", "huggan/smithsonian_butterflies_subset", rev, kind="dataset")
+        (snapshot / "data").mkdir(parents=True)
+        datasets.Dataset.from_dict({"image": [Image.new("RGB", (6, 4))] * n, "name": ["x"] * n}, features=features
+                                   ).to_parquet(str(snapshot / "data" / "train-00000-of-00001.parquet"))
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "datasets")
+    monkeypatch.setattr(hub, "pins", lambda: {"huggan/smithsonian_butterflies_subset": "b" * 40})
+    ds = data.load("butterflies")
+    assert ds.column_names == ["image"] and len(ds) == 5 and ds[0]["image"].size == (6, 4)
 
 
 def test_loader_gives_reproducible_shuffled_batches():

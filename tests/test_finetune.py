@@ -37,3 +37,23 @@ def test_finetunes_logs_and_resumes(tmp_path, capsys):
     base, _ = zoo.load("digits-uncond")
     assert type(scheduler).__name__ == "DDIMScheduler"
     assert any(not torch.equal(a, b) for a, b in zip(unet.parameters(), base.parameters()))
+
+
+def test_finetune_loads_the_model_on_the_accelerator_device_before_its_first_sample_grid(tmp_path, monkeypatch):
+    """On a GPU the first grid is drawn there too: the model goes to Accelerate's device at load."""
+    from accelerate import PartialState
+
+    from coursekit import finetune, zoo
+
+    seen = {}
+    load = zoo.load
+
+    def spy(name, device="cpu"):
+        seen["device"] = device
+        return load(name, device=device)
+
+    monkeypatch.setattr(zoo, "load", spy)
+    finetune.finetune("digits-uncond", "digits", tmp_path / "run", steps=2, batch_size=8, sample_every=1, resize=True,
+                      n_samples=2, progress=False)
+    assert str(seen["device"]) == str(PartialState().device)
+    assert (tmp_path / "run" / "samples" / "step_00000.png").exists()

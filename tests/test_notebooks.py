@@ -79,7 +79,8 @@ def test_notebook_conventions(path):
     from conftest import notebook_budget_minutes
 
     nb = nbformat.read(path, as_version=4)
-    assert notebook_budget_minutes(path) is not None, "state 'Time budget (small track): N minutes' at the top"
+    for track in ("small", "full"):
+        assert notebook_budget_minutes(path, track) is not None, f"state 'Time budget ({track} track): N minutes' at the top"
     first_code = next(c for c in nb.cells if c.cell_type == "code")
     assert 'find_spec("coursekit") is None' in first_code.source, "first code cell installs coursekit when missing"
     assert "torch" not in first_code.source.replace("coursekit", ""), "the install cell must not install torch"
@@ -229,7 +230,14 @@ def test_notebook_mel_image_is_coursekits_to_image():
     for preset in audio.PRESETS.values():
         t = torch.arange(preset.slice_samples) / preset.sample_rate
         wave = 0.3 * torch.sin(2 * math.pi * 330 * t) + 0.1 * torch.sin(2 * math.pi * 1234 * t) * (t > t.mean())
-        torch.testing.assert_close(mel_image(wave, preset), audio.to_image(wave, preset), atol=1e-4, rtol=1e-4)
+        for w in (wave, wave[: len(wave) // 3]):  # a full slice, and a short one padded with silence
+            ours = mel_image(w, preset)
+            # the same 8-bit grey levels as to_image (tests/test_audio_conformance.py checks those
+            # against audio-diffusion's Mel), row 0 = the lowest mel band, where the 330 Hz tone is
+            torch.testing.assert_close(ours, audio.to_image(w, preset), atol=1e-6, rtol=0)
+            grey = (ours + 1) / 2 * 255
+            torch.testing.assert_close(grey, grey.round(), atol=1e-4, rtol=0)
+            assert ours[0].mean(1).argmax() < preset.n_mels // 3
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
@@ -242,3 +250,86 @@ def test_readme_and_unit_page_carry_colab_and_kaggle_badges(path):
     line = badges(path.relative_to(ROOT).as_posix())
     assert line in (ROOT / "README.md").read_text(), f"README.md lacks the badges of {path.name}"
     assert line in (path.parent / "README.md").read_text(), f"{path.parent.name}/README.md lacks the badges of {path.name}"
+
+
+def _runs_on(source: str, S) -> bool:
+    """Whether a code cell does anything on the track whose settings are `S`: a cell whose every
+    top-level statement is an `if` without `else` that is false there does nothing."""
+    import ast
+
+    for stmt in ast.parse(source).body:
+        if isinstance(stmt, ast.If) and not stmt.orelse:
+            try:
+                if not eval(compile(ast.Expression(stmt.test), "<test>", "eval"), {"S": S}):
+                    continue
+            except Exception:
+                return True
+        return True
+    return False
+
+
+def sections(path) -> dict[str, list[str]]:
+    """{'## heading': [code cell sources]} in notebook order; code before the first heading is 'top'."""
+    nb = nbformat.read(path, as_version=4)
+    out, current = {"top": []}, "top"
+    for cell in nb.cells:
+        if cell.cell_type == "markdown" and cell.source.startswith("## "):
+            current = cell.source.splitlines()[0]
+            out[current] = []
+        elif cell.cell_type == "code":
+            out[current].append(cell.source)
+    return out
+
+
+def track_settings(path, track: str):
+    from types import SimpleNamespace
+
+    from coursekit import cli
+
+    values = {k: v[0 if track == "small" else 1] for k, v in cli.notebook_settings(path).items()}
+    return SimpleNamespace(track=track, **values)
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_every_section_runs_on_both_tracks(path):
+    skipped = []
+    for heading, cells in sections(path).items():
+        if not cells:
+            continue
+        for track in ("small", "full"):
+            S = track_settings(path, track)
+            if not any(_runs_on(c, S) for c in cells):
+                skipped.append(f"{heading!r} does nothing on the {track} track")
+    assert not skipped, "; ".join(skipped)
+
+
+def test_the_section_check_sees_a_one_track_section(tmp_path):
+    from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
+
+    nb = new_notebook(cells=[new_code_cell("S = tracks.Settings(model=('a', 'org/b'), ks=((1, 2), None))"),
+                             new_markdown_cell("## 1. Both"), new_code_cell("print(S.model)"),
+                             new_markdown_cell("## 2. Small only"), new_code_cell("if S.track == 'small':\n    print(1)"),
+                             new_code_cell("if S.ks:\n    print(S.ks)"),
+                             new_markdown_cell("## 3. Either branch"),
+                             new_code_cell("if S.track == 'full':\n    print(1)\nelse:\n    print(2)")])
+    nbformat.write(nb, tmp_path / "x.ipynb")
+    with pytest.raises(AssertionError, match=r"'## 2. Small only' does nothing on the full track"):
+        test_every_section_runs_on_both_tracks(tmp_path / "x.ipynb")
+
+
+def test_notebook_schedule_labelled_stable_diffusion_is_the_one_it_was_trained_with():
+    from diffusers import DDPMScheduler
+
+    from coursekit import standins
+
+    nb = nbformat.read(UNIT1, as_version=4)
+    cell = next(c for c in nb.cells if "teach-schedules" in c.metadata.get("tags", []))
+    names = {"DDPMScheduler": DDPMScheduler}
+    exec(compile(cell.source.split("viz.schedule_plot")[0], "schedules", "exec"), names)
+    sd = next(s for name, s in names["schedules"].items() if "Stable Diffusion" in name)
+    real = DDPMScheduler.from_config(standins.real_config("stable-diffusion-v1-5/stable-diffusion-v1-5",
+                                                          "scheduler/scheduler_config.json"))
+    torch.testing.assert_close(sd.alphas_cumprod, real.alphas_cumprod)
+    assert 0.004 < float(sd.alphas_cumprod[999]) < 0.006, "the prose: about 0.5% of the variance is still signal at t = 999"
+    default = next(s for name, s in names["schedules"].items() if name.startswith("scaled linear 1e-4"))
+    assert (default.config.beta_start, default.config.beta_end) == (0.0001, 0.02)

@@ -147,3 +147,42 @@ def test_seed_everything_returns_a_seeded_generator():
     a = tracks.seed_everything(5)
     b = torch.Generator().manual_seed(5)
     assert torch.equal(torch.randn(3, generator=a), torch.randn(3, generator=b))
+
+
+def test_the_rehearsal_rule_scales_counts_down_and_keeps_everything_else():
+    r = tracks.rehearsal_value
+    assert r(100, 2000) == 100 and r(32, 4) == 4, "a count takes the smaller value"
+    assert r((10, 20, 50, 100), (10, 25, 50)) == (10, 25, 50), "a collection of counts: the smaller total"
+    assert r((16, 32, 32), (32, 64, 128, 128)) == (16, 32, 32)
+    assert r({"ddim": [50, 4]}, {"ddpm": [1000], "ddim": [50, 4]}) == {"ddim": [50, 4]}
+    assert r(5e-4, 1e-5) == 1e-5 and r(1.5, 5.0) == 5.0, "scales and rates keep the full track's"
+    assert r("digits", "ylecun/mnist") == "ylecun/mnist" and r(None, "a prompt") == "a prompt"
+    assert r((20, 30), None) is None, "a full-track None stays None: the rehearsal follows the full track's branches"
+    assert r(False, True) is True and r((0.1, 0.3), (0.2, 0.4)) == (0.2, 0.4)
+
+
+def test_a_rehearsal_runs_the_full_track_on_the_cpu_with_scaled_settings(monkeypatch):
+    monkeypatch.setenv("COURSEKIT_TRACK", "full")
+    monkeypatch.setenv("COURSEKIT_REHEARSE", "1")
+    monkeypatch.setattr(tracks, "device", lambda: "cpu")
+    monkeypatch.setattr(tracks, "is_cached", lambda repo, kind="model": True)
+    S = tracks.Settings(model=("digits-uncond", "org/model"), steps=(25, 50), lr=(1e-3, 1e-4))
+    assert (S.track, S.rehearsal, S.device) == ("full", True, "cpu")
+    assert (S.model, S.steps, S.lr) == ("org/model", 25, 1e-4)
+    assert S.as_dict() == {"model": "org/model", "steps": 25, "lr": 1e-4}
+    assert "rehearsal" in repr(S) and "full (rehearsal) *" in S.table().splitlines()[0]
+    monkeypatch.setenv("COURSEKIT_REHEARSE", "0")
+    monkeypatch.setattr(tracks, "device", lambda: "cuda")
+    assert tracks.Settings(model=("digits-uncond", "org/model"), steps=(25, 50)).steps == 50
+
+
+def test_mps_gets_the_small_track_unless_the_full_one_is_asked_for(monkeypatch):
+    monkeypatch.delenv("COURSEKIT_TRACK", raising=False)
+    monkeypatch.delenv("COURSEKIT_REHEARSE", raising=False)
+    monkeypatch.setattr(tracks, "device", lambda: "mps")
+    monkeypatch.setattr(tracks, "is_cached", lambda repo, kind="model": True)
+    assert tracks.pick_track([("org/model", "model")]) == "small"
+    assert any("MPS" in m for m in tracks.missing_for_full([("org/model", "model")]))
+    monkeypatch.setenv("COURSEKIT_TRACK", "full")
+    assert tracks.pick_track([("org/model", "model")]) == "full"
+    assert tracks.Settings(model=("digits-uncond", "org/model")).device == "mps"

@@ -115,8 +115,8 @@ def test_hub_id_offline_and_not_cached_says_so(monkeypatch, tmp_path):
     from huggingface_hub import constants
 
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
-    with pytest.raises(zoo.ZooError, match=r"google/ddpm-celebahq-256 is not in the Hugging Face cache and HF_HUB_OFFLINE"):
-        zoo.load("google/ddpm-celebahq-256")
+    with pytest.raises(zoo.ZooError, match=r"google/ddpm-cat-256 is not in the Hugging Face cache and HF_HUB_OFFLINE"):
+        zoo.load("google/ddpm-cat-256")
 
 
 def test_unknown_model_names_list_the_zoo():

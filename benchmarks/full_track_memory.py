@@ -990,6 +990,7 @@ def main(argv=None) -> int:
     p.add_argument("--units", default=str(ROOT / "units"))
     p.add_argument("--out", default=str(ROOT / "build" / "full_track_memory.json"))
     p.add_argument("--no-alternatives", action="store_true", help="skip the settings that fit for rows over 15 GB")
+    p.add_argument("--guide", help="also write the table into this markdown file, between <!-- t4 --> and <!-- /t4 -->")
     a = p.parse_args(argv)
     torch.set_num_threads(1)
     units = Path(a.units)
@@ -1045,8 +1046,36 @@ def main(argv=None) -> int:
         "rows": [r.as_dict() for r in rows],
         "notebook_seconds": totals,
     }, indent=2) + "\n")
+    if a.guide:
+        write_guide(Path(a.guide), rows, totals)
     print(f"\nwrote {out} in {time.perf_counter() - began:.0f} s")
     return 0
+
+
+def guide_table(rows: list[Row], totals: dict) -> str:
+    """The figures as the instructor guide shows them: one row per heavy cell, then per notebook."""
+    lines = ["| notebook | heavy cell | batch | peak GPU memory | T4 time |", "| --- | --- | --- | --- | --- |"]
+    for r in rows:
+        if r.kind == "small":
+            lines.append(f"| `{r.notebook.replace('units/', '')}` | {r.cell} | - | small model | - |")
+            continue
+        over = " (over 15 GB)" if r.over else ""
+        lines.append(f"| `{r.notebook.replace('units/', '')}` | {r.cell} | {r.batch} | {r.peak / GB:.1f} GB{over} "
+                     f"| {r.seconds / 60:.1f} min |")
+    lines += ["", "| notebook | heavy cells on a T4, in all |", "| --- | --- |"]
+    lines += [f"| `{nb.replace('units/', '')}` | " + (f"{s / 60:.1f} min |" if s else "small model |")
+              for nb, s in totals.items()]
+    return "\n".join(lines)
+
+
+def write_guide(path: Path, rows: list[Row], totals: dict) -> None:
+    import re
+
+    text = path.read_text()
+    if "<!-- t4 -->" not in text:
+        raise SystemExit(f"full_track_memory: {path} has no <!-- t4 --> ... <!-- /t4 --> block")
+    block = f"<!-- t4 -->\n{guide_table(rows, totals)}\n<!-- /t4 -->"
+    path.write_text(re.sub(r"<!-- t4 -->.*<!-- /t4 -->", lambda _: block, text, flags=re.S))
 
 
 if __name__ == "__main__":

@@ -193,9 +193,10 @@ def finetune_gain(n: int = 256) -> dict:
     from coursekit import data, metrics
 
     get = lambda key: notebook_setting(UNIT2_GUIDE, key)
-    model, dataset, size = get("model"), get("dataset"), get("image_size")
-    real, _ = data.tensors(data.load(dataset), size, 3)
-    noise = samplers.noise(zoo.load(model)[0], n, torch.Generator().manual_seed(5))
+    model, dataset = get("model"), get("dataset")
+    pretrained = zoo.load(model)[0]
+    real, _ = data.tensors(data.load(dataset), pretrained.config.sample_size, 3)
+    noise = samplers.noise(pretrained, n, torch.Generator().manual_seed(5))
 
     def fd(unet, scheduler):
         return metrics.pixel_fd(samplers.ddim(unet, scheduler, noise, steps=get("ddim_steps"), progress=False), real)

@@ -333,3 +333,26 @@ def test_notebook_schedule_labelled_stable_diffusion_is_the_one_it_was_trained_w
     assert 0.004 < float(sd.alphas_cumprod[999]) < 0.006, "the prose: about 0.5% of the variance is still signal at t = 999"
     default = next(s for name, s in names["schedules"].items() if name.startswith("scaled linear 1e-4"))
     assert (default.config.beta_start, default.config.beta_end) == (0.0001, 0.02)
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_readme_and_unit_page_state_the_notebooks_own_budgets(path):
+    import re
+
+    from coursekit import cli
+
+    b = cli.notebook_budgets(path)
+    small, full = (f"{b[t]:g}" for t in ("small", "full"))
+    row = next(line for line in (ROOT / "README.md").read_text().splitlines()
+               if line.startswith(f"| `{path.relative_to(ROOT).as_posix()}`"))
+    assert row.rstrip().endswith(f"| {small} / {full} minutes |"), "README's units table"
+    page = (path.parent / "README.md").read_text().split(f"## [{path.name}]")[1].split("\n## ")[0]
+    assert re.search(rf"Small track: {small} minutes; full track: {full} minutes\.", page), "the unit page"
+
+
+def test_instructor_guide_shows_the_t4_estimates_of_every_notebook():
+    guide = (ROOT / "units" / "README.md").read_text()
+    block = guide.split("<!-- t4 -->")[1].split("<!-- /t4 -->")[0]
+    for path in NOTEBOOKS:
+        assert f"| `{path.relative_to(ROOT / 'units').as_posix()}` |" in block.split("heavy cells on a T4, in all")[1]
+    assert "GB" in block and "min" in block

@@ -99,6 +99,8 @@ def train(unet, scheduler, images: torch.Tensor, labels: torch.Tensor | None = N
     out_dir: where `checkpoint/` is written atomically every `checkpoint_every` steps and at
     the end; a run started with an existing checkpoint resumes from it.
     callback(step, losses, unet) runs every `every` steps, for sample grids during training.
+    Training runs on the device the model is on (a model on the CPU stays there even when a GPU
+    is present); under `accelerate launch`, put it on Accelerate's device first.
     """
     import time
 
@@ -120,7 +122,8 @@ def train(unet, scheduler, images: torch.Tensor, labels: torch.Tensor | None = N
     if (labels is None) != (null is None):
         raise ValueError("pass labels exactly when the UNet is class-conditional (num_class_embeds set)")
 
-    accelerator = Accelerator(gradient_accumulation_steps=grad_accum)
+    on_cpu = next(unet.parameters()).device.type == "cpu"   # train where the model is: move it to the GPU first
+    accelerator = Accelerator(gradient_accumulation_steps=grad_accum, cpu=on_cpu)
     optimizer = torch.optim.AdamW(unet.parameters(), lr=lr, weight_decay=0.0)
     lr_sched = get_cosine_schedule_with_warmup(optimizer, warmup, steps)
     ema = None

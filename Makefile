@@ -18,6 +18,7 @@ course: $(STAMP)
 	$(BIN)/coursekit run units --track small --out build
 
 test: $(STAMP)
+	$(BIN)/ruff check coursekit tests benchmarks scripts conftest.py
 	bash scripts/install_browser.sh
 	$(BIN)/python -m pytest
 

@@ -3,7 +3,8 @@
     .venv/bin/python benchmarks/full_track_memory.py            # table + build/full_track_memory.json
 
 Nothing real is allocated: every model is built with its real architecture (the configs the
-rehearsal's stand-ins are built from, `coursekit.standins.real_config`, with their sources) under ``with torch.device("meta")``, so its weights are shapes without data,
+rehearsal's stand-ins are built from, `coursekit.standins.real_config`, with their sources)
+under ``with torch.device("meta")``, so its weights are shapes without data,
 and each heavy cell's work (one training micro-step, one UNet call, one guidance gradient) runs on
 meta tensors at the notebook's real batch and resolution. The settings (batch sizes, sample
 counts, steps) are read from each notebook's ``tracks.Settings(...)`` cell with
@@ -551,15 +552,15 @@ def assigned(source: str, name: str):
 
 
 def guided_clip_cuts(source: str) -> int:
-    """`cuts` of the clip_loss handed to guidance.sample in the notebook's CLIP cell."""
+    """`cuts` of the clip_loss handed to guidance.guided_sample in the notebook's CLIP cell."""
     for node in ast.walk(ast.parse(source)):
-        if isinstance(node, ast.Call) and getattr(node.func, "attr", None) == "sample":
+        if isinstance(node, ast.Call) and getattr(node.func, "attr", None) == "guided_sample":
             for arg in node.args:
                 if isinstance(arg, ast.Call) and getattr(arg.func, "attr", None) == "clip_loss":
                     for kw in arg.keywords:
                         if kw.arg == "cuts":
                             return ast.literal_eval(kw.value)
-    raise ValueError("no guidance.sample(..., clip_loss(..., cuts=N), ...) in the CLIP cell")
+    raise ValueError("no guidance.guided_sample(..., clip_loss(..., cuts=N), ...) in the CLIP cell")
 
 
 def settings(path: Path) -> dict:
@@ -796,7 +797,7 @@ def unit2_class_rows(units: Path) -> list[Row]:
     n = 10 * S["per_class"]
     w = S["guidance_scale"]
     model = zoo_recipe_unet("digits-channels", size).eval()
-    labels = torch.arange(10, device="meta").repeat_interleave(S["per_class"])
+    labels = torch.arange(10).repeat_interleave(S["per_class"])  # checked on the CPU, then moved to the model
     m = infer_measure([model], lambda: samplers.predict_noise(model, meta_randn(n, 1, size, size), 500, labels, w))
     doubled = 2 * S["ddim_steps"] + sum(1 for s in S["scales"] if s != 1.0) * S["ddim_steps"]
     single = sum(1 for s in S["scales"] if s == 1.0) * S["ddim_steps"]
@@ -811,7 +812,7 @@ def unit2_class_rows(units: Path) -> list[Row]:
 
 
 def unit4_inversion_rows(units: Path) -> list[Row]:
-    from coursekit import inversion
+    from coursekit.models import NoisePredictor
 
     nb = units / "unit4" / "01_ddim_inversion.ipynb"
     S = settings(nb)
@@ -832,13 +833,13 @@ def unit4_inversion_rows(units: Path) -> list[Row]:
                      m, used_models=[vae], resident=pipe - param_bytes(vae), calls=[(1, 1.0)]))
 
     cond = meta_randn(1, 77, 768)
-    m = infer_measure([unet], lambda: inversion._eps(unet, meta_randn(1, 4, 64, 64), 500, None, 1.0, (cond, None)))
+    m = infer_measure([unet], lambda: NoisePredictor(unet, text=(cond, None))(meta_randn(1, 4, 64, 64), 500))
     rows.append(fill(Row(name, "SD v1.5 fp32: DDIM inversion + reconstruction", "1", "infer",
                          note=f"inversion + denoising at {'/'.join(map(str, step_counts))} steps; "
                               "whole pipeline resident"),
                      m, used_models=[unet], resident=pipe - param_bytes(unet), calls=[(2 * sum(step_counts), 1.0)]))
 
-    m = infer_measure([unet], lambda: inversion._eps(unet, meta_randn(1, 4, 64, 64), 500, None, w, (cond, cond)))
+    m = infer_measure([unet], lambda: NoisePredictor(unet, text=(cond, cond), guidance_scale=w)(meta_randn(1, 4, 64, 64), 500))
     rows.append(fill(Row(name, f"SD v1.5 fp32: edit with CFG {w}", "1 (x2 = 2)", "infer",
                          note=f"{k} steps from k; whole pipeline resident"),
                      m, used_models=[unet], resident=pipe - param_bytes(unet), calls=[(k, 1.0)]))

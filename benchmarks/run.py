@@ -7,7 +7,6 @@ machine is noisy; ratios, not absolute seconds, are the figures.
 from __future__ import annotations
 
 import json
-import os
 import statistics
 import subprocess
 import sys
@@ -21,7 +20,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from coursekit import samplers, zoo  # noqa: E402
+from coursekit import models, music, samplers, zoo  # noqa: E402
 
 
 def interleaved(a, b, repeats: int = 8):
@@ -40,7 +39,7 @@ def interleaved(a, b, repeats: int = 8):
 def ddim_vs_diffusers(steps: int = 25, batch: int = 64) -> dict:
     from diffusers import DDIMPipeline, DDIMScheduler
 
-    unet, scheduler = zoo.load("digits-uncond")
+    unet, scheduler = models.load_model("digits-uncond")
     pipe = DDIMPipeline(unet=unet, scheduler=DDIMScheduler.from_config(scheduler.config))
     pipe.set_progress_bar_config(disable=True)
 
@@ -61,9 +60,9 @@ def ddim_vs_diffusers(steps: int = 25, batch: int = 64) -> dict:
 
 def cfg_batched_vs_naive(steps: int = 25, batch: int = 10) -> dict:
     scale = zoo.RECIPES["digits-cond"].eval_guidance
-    unet, scheduler = zoo.load("digits-cond")
+    unet, scheduler = models.load_model("digits-cond")
     labels = torch.arange(batch) % 10
-    null = torch.full_like(labels, samplers.null_label(unet))
+    null = torch.full_like(labels, models.null_label(unet))
 
     def batched():
         x = samplers.noise(unet, batch, torch.Generator().manual_seed(0))
@@ -91,7 +90,7 @@ FIRST_IMAGE = """
 import sys
 from coursekit import data, samplers, viz, zoo
 import torch
-unet, scheduler = zoo.load("digits-uncond")
+unet, scheduler = models.load_model("digits-uncond")
 g = torch.Generator().manual_seed(0)
 x = samplers.ddim(unet, scheduler, samplers.noise(unet, 16, g), steps=25, generator=g, progress=False)
 viz.image_grid(x, scale=4).save(sys.argv[1])
@@ -120,7 +119,7 @@ def first_image_s(repeats: int = 3) -> dict:
 
 def digits_cond_accuracy() -> dict:
     recipe = zoo.RECIPES["digits-cond"]
-    unet, scheduler = zoo.load("digits-cond")
+    unet, scheduler = models.load_model("digits-cond")
     quality = zoo.evaluate(unet, scheduler, recipe)
     value = quality["conditional_accuracy"]
     return {"value": value, "target": ">= 0.95", "unit": "share", "met": value >= 0.95,
@@ -133,11 +132,11 @@ def classifier_guidance_success(per_class: int = 10) -> dict:
     the gradient taken through the UNet; success judged by the independent classifier."""
     from coursekit import data, guidance, metrics
 
-    x, y = data.tensors(data.load("digits"), 16, 1)
+    x, y = data.tensors(data.load_dataset("digits"), 16, 1)
     guide = guidance.train_classifier(x, y)
     for p in guide.parameters():
         p.requires_grad_(False)
-    unet, scheduler = zoo.load("digits-uncond")
+    unet, scheduler = models.load_model("digits-uncond")
     ddim = samplers.scheduler_named("ddim", scheduler)
     scale = notebook_setting(UNIT2_GUIDE, "classifier_scale")
     labels = torch.arange(10).repeat(per_class)
@@ -145,7 +144,7 @@ def classifier_guidance_success(per_class: int = 10) -> dict:
     judge = metrics.digit_judge(16)
     out = {}
     for name, s, through in (("unguided", 0.0, False), ("x_only", scale, False), ("through_unet", scale, True)):
-        sample = guidance.sample(unet, ddim, noise, guidance.classifier_loss(guide, labels), scale=s, steps=25,
+        sample = guidance.guided_sample(unet, ddim, noise, guidance.classifier_loss(guide, labels), scale=s, steps=25,
                                  through_unet=through, progress=False)
         out[name] = judge.accuracy(sample, labels)
     value = out["through_unet"]
@@ -194,16 +193,16 @@ def finetune_gain(n: int = 256) -> dict:
 
     get = lambda key: notebook_setting(UNIT2_GUIDE, key)
     model, dataset = get("model"), get("dataset")
-    pretrained = zoo.load(model)[0]
-    real, _ = data.tensors(data.load(dataset), pretrained.config.sample_size, 3)
+    pretrained = models.load_model(model)[0]
+    real, _ = data.tensors(data.load_dataset(dataset), pretrained.config.sample_size, 3)
     noise = samplers.noise(pretrained, n, torch.Generator().manual_seed(5))
 
     def fd(unet, scheduler):
         return metrics.pixel_fd(samplers.ddim(unet, scheduler, noise, steps=get("ddim_steps"), progress=False), real)
 
-    before = fd(*zoo.load(model))
+    before = fd(*models.load_model(model))
     folder, seconds = _finetuned()
-    after = fd(*zoo.load(folder))
+    after = fd(*models.load_model(folder))
     value = before / after
     return {"value": value, "target": "> 1", "unit": "ratio", "met": value > 1,
             "pixel_fd_before": before, "pixel_fd_after": after, "finetune_seconds": seconds,
@@ -217,13 +216,13 @@ def colour_guidance_gain(n: int = 64) -> dict:
     from coursekit import guidance
 
     get = lambda key: notebook_setting(UNIT2_GUIDE, key)
-    unet, scheduler = zoo.load(_finetuned()[0])
+    unet, scheduler = models.load_model(_finetuned()[0])
     ddim = samplers.scheduler_named("ddim", scheduler)
     colour, scale = get("colour"), get("colour_scale")
     noise = samplers.noise(unet, n, torch.Generator().manual_seed(6))
     out = {}
     for name, s, through in (("unguided", 0.0, False), ("x_only", scale, False), ("through_unet", scale, True)):
-        x = guidance.sample(unet, ddim, noise, guidance.colour_loss(colour), scale=s, steps=get("ddim_steps"),
+        x = guidance.guided_sample(unet, ddim, noise, guidance.colour_loss(colour), scale=s, steps=get("ddim_steps"),
                             through_unet=through, progress=False)
         out[name] = guidance.mean_colour_distance(x, colour)
     value = out["x_only"] / out["unguided"]
@@ -239,7 +238,7 @@ def cfg_accuracy(per_class: int = 50) -> dict:
 
     scale = notebook_setting(UNIT2_COND, "guidance_scale")
     steps = notebook_setting(UNIT2_COND, "ddim_steps")
-    unet, scheduler = zoo.load("digits-cond")
+    unet, scheduler = models.load_model("digits-cond")
     labels = torch.arange(10).repeat_interleave(per_class)
     g = torch.Generator().manual_seed(7)
     x = samplers.ddim(unet, scheduler, samplers.noise(unet, len(labels), g), steps=steps, labels=labels,
@@ -259,8 +258,8 @@ def inversion_psnr_50(n: int = 64) -> dict:
     then DDIM sampling back, at 50 steps; 10, 20 and 100 steps beside it."""
     from coursekit import data, inversion
 
-    unet, scheduler = zoo.load("digits-uncond")
-    x, _ = data.tensors(data.load("digits"), 16, 1)
+    unet, scheduler = models.load_model("digits-uncond")
+    x, _ = data.tensors(data.load_dataset("digits"), 16, 1)
     x = x[torch.randperm(len(x), generator=torch.Generator().manual_seed(8))[:n]]
     out = {}
     for steps in (10, 20, 50, 100):
@@ -281,9 +280,9 @@ def edit_success(n: int = 200) -> dict:
 
     get = lambda key: notebook_setting(UNIT4_INV, key)
     steps, k, w, ks = get("steps"), get("k"), get("edit_guidance"), get("ks")
-    unet, scheduler = zoo.load(get("edit_model"))
+    unet, scheduler = models.load_model(get("edit_model"))
     judge = metrics.digit_judge(16)
-    x, y = data.tensors(data.load("digits"), 16, 1)
+    x, y = data.tensors(data.load_dataset("digits"), 16, 1)
     g = torch.Generator().manual_seed(9)
     pick = torch.randperm(len(x), generator=g)[:n]
     source, old = x[pick], y[pick]
@@ -314,12 +313,12 @@ def distilled_4step_accuracy(per_class: int = 50) -> dict:
     from coursekit import distill, metrics
 
     scale = notebook_setting(UNIT4_FAST, "guidance_scale")
-    teacher, scheduler = zoo.load("digits-cond")
+    teacher, scheduler = models.load_model("digits-cond")
     student, s_sched = distill.load_student("digits-cond", 4)
     judge = metrics.digit_judge(16)
     labels = torch.arange(10).repeat_interleave(per_class)
     noise = samplers.noise(teacher, len(labels), torch.Generator().manual_seed(10))
-    run = lambda m, sch, n, w: distill.sample(m, sch, noise, steps=n, labels=labels, guidance_scale=w, progress=False)
+    run = lambda m, sch, n, w: distill.sample_on_grid(m, sch, noise, steps=n, labels=labels, guidance_scale=w, progress=False)
     t64, t4, s4 = run(teacher, scheduler, 64, scale), run(teacher, scheduler, 4, scale), run(student, s_sched, 4, 1.0)
     acc = {k: judge.accuracy(x, labels) for k, x in (("t64", t64), ("t4", t4), ("s4", s4))}
     value = acc["s4"] / acc["t64"]
@@ -336,7 +335,7 @@ def samplers_table(per_class: int = 20) -> dict:
 
     plan = notebook_setting(UNIT4_FAST, "plan")
     scale = notebook_setting(UNIT4_FAST, "guidance_scale")
-    unet, scheduler = zoo.load("digits-cond")
+    unet, scheduler = models.load_model("digits-cond")
     judge = metrics.digit_judge(16)
     labels = torch.arange(10).repeat_interleave(per_class)
     noise = samplers.noise(unet, len(labels), torch.Generator().manual_seed(11))
@@ -363,10 +362,10 @@ def audio_roundtrip_db(per_genre: int = 100) -> dict:
     the audio notebook's preset (the model's mel_config.json)."""
     from coursekit import audio, data
 
-    _, _, preset = audio.load_model(notebook_setting(UNIT4_AUDIO, "model"))
-    ds, out = data.load("music"), {}
-    for genre in audio.GENRES:
-        rows = ds.select([i for i, g in enumerate(ds["label"]) if g == audio.GENRES.index(genre)])
+    _, _, preset = models.load_audio_model(notebook_setting(UNIT4_AUDIO, "model"))
+    ds, out = data.load_dataset("music"), {}
+    for genre in music.GENRES:
+        rows = ds.select([i for i, g in enumerate(ds["label"]) if g == music.GENRES.index(genre)])
         pieces = [p for row in rows for p in audio.slices(torch.tensor(row["audio"]), preset) if p.abs().max() > 1e-3]
         picked = torch.randperm(len(pieces), generator=torch.Generator().manual_seed(0))[:per_genre]
         out[genre] = float(np.mean([audio.roundtrip_db(pieces[i], preset) for i in picked]))
@@ -382,14 +381,15 @@ def genre_shift(n: int = 100) -> dict:
     before, with the audio notebook's settings, model, judge and fine-tuning loop."""
     import copy
 
-    from coursekit import audio, data, train
+    from coursekit import data, metrics, train
 
     get = lambda key: notebook_setting(UNIT4_AUDIO, key)
-    unet, scheduler, preset = audio.load_model(get("model"))
-    ds = data.load(get("dataset"))
-    source = audio.dataset_images(ds, preset, get("source_genre"), pieces=get("pieces"))[0]
-    target = audio.dataset_images(ds, preset, get("target_genre"), pieces=get("pieces"))[0]
-    judge = audio.genre_judge(torch.cat([source, target]), torch.cat([torch.zeros(len(source)), torch.ones(len(target))]).long())
+    unet, scheduler, preset = models.load_audio_model(get("model"))
+    ds = data.load_dataset(get("dataset"))
+    source = music.dataset_images(ds, preset, get("source_genre"), pieces=get("pieces"))[0]
+    target = music.dataset_images(ds, preset, get("target_genre"), pieces=get("pieces"))[0]
+    labels = torch.cat([torch.zeros(len(source)), torch.ones(len(target))]).long()
+    judge = metrics.genre_judge(torch.cat([source, target]), labels)
     noise = samplers.noise(unet, n, torch.Generator().manual_seed(1))
     share = lambda model: judge.share(samplers.ddim(model, scheduler, noise, steps=get("ddim_steps"), progress=False), 1)
     before = share(unet)

@@ -1,5 +1,4 @@
-"""Audio for diffusion: waveforms to mel-spectrogram images and back, WAV files, slicing, display,
-and a small music corpus rendered offline from music21's scores.
+"""Audio for diffusion: waveforms to mel-spectrogram images and back, WAV files, slicing, display.
 
 A diffusion model for audio here is an image model on mel spectrograms: each slice of audio
 becomes a (1, n_mels, frames) image in [-1, 1], and a generated image goes back to sound with
@@ -17,13 +16,11 @@ g in [0, 255] read as g / 255 * 2 - 1, as `AudioDiffusionPipeline` does. A slice
 `PRESETS['teticio']` holds the settings of the course's pretrained audio checkpoints (22.05 kHz,
 256 x 256, about 6 s per image); `PRESETS['small']` is the small track's: 8 kHz, 64 mel rows by 32
 frames of 32 ms, about a second per image (32 frames rather than 64 halves the cost of training
-with the same frequency detail; 32 mel rows lost half the round trip's SNR).
+with the same frequency detail; 32 mel rows lost half the round trip's SNR). The small track's
+music is in `coursekit.music`; `coursekit.models.load_audio_model` loads a checkpoint with its preset.
 """
 from __future__ import annotations
 
-import hashlib
-import json
-import os
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -197,9 +194,10 @@ def from_image(image: torch.Tensor, preset: MelPreset, generator: torch.Generato
     peak 0.9, with Griffin-Lim on `magnitude_from_image` (the phase is estimated, so the result
     sounds like, but is not sample-equal to, the original)."""
     magnitude = magnitude_from_image(image, preset)
-    if generator is not None:
-        torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=generator)))
-    wave = _transforms(preset)[3](magnitude)
+    with torch.random.fork_rng(devices=[]):   # Griffin-Lim draws its first phases from torch's own generator
+        if generator is not None:
+            torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=generator)))
+        wave = _transforms(preset)[3](magnitude)
     peak = wave.abs().max()
     return wave / peak * 0.9 if peak > 0 else wave
 
@@ -278,190 +276,8 @@ def player(wave, sample_rate: int):
     return Audio(check_wave(wave, sample_rate).numpy(), rate=sample_rate, normalize=True)
 
 
-# The small-track corpus: music21 scores rendered by additive synthesis (pip only, no soundfont).
-
-GENRES = ("chorale", "fiddle")
-CORPUS_VERSION = 1
-
-
-def _voice(freq: float, seconds: float, rate: int, timbre: str, rng: np.random.Generator) -> np.ndarray:
-    t = np.arange(int(seconds * rate)) / rate
-    if timbre == "organ":
-        harmonics = {1: 1.0, 2: 0.5, 3: 0.25, 4: 0.12, 8: 0.06}
-        phase = 2 * np.pi * freq * t
-        attack = np.minimum(1, t / 0.02)
-    else:  # violin-like: bright sawtooth partials, vibrato, bowed attack
-        harmonics = {k: 1 / k for k in range(1, 9)}
-        vibrato = 0.006 * np.sin(2 * np.pi * 5.5 * t + rng.uniform(0, 2 * np.pi)) * np.minimum(1, t / 0.15)
-        phase = 2 * np.pi * freq * np.cumsum(1 + vibrato) / rate
-        attack = np.minimum(1, t / 0.06)
-    out = sum(a * np.sin(k * phase) for k, a in harmonics.items() if k * freq < rate / 2)
-    release = np.minimum(1, (seconds - t) / 0.03).clip(0, 1)
-    return out * attack * release
-
-
-def render_score(score, rate: int, timbre: str, seconds_per_quarter: float, seed: int = 0) -> np.ndarray:
-    """Every note of a music21 score as a sum of harmonics, normalised to peak 0.9."""
-    rng = np.random.default_rng(seed)
-    flat = score.flatten().notes
-    total = float(score.flatten().highestTime) * seconds_per_quarter + 0.5
-    out = np.zeros(int(total * rate) + 1)
-    for el in flat:
-        start = int(float(el.offset) * seconds_per_quarter * rate)
-        dur = float(el.quarterLength) * seconds_per_quarter
-        if dur <= 0:
-            continue
-        for p in el.pitches:
-            note = _voice(p.frequency, dur, rate, timbre, rng)
-            out[start:start + len(note)] += note[: len(out) - start]
-    peak = np.abs(out).max()
-    return (out / peak * 0.9 if peak > 0 else out).astype(np.float32)
-
-
-def _cache_dir() -> Path:
-    return Path(os.environ.get("COURSEKIT_CACHE", Path.home() / ".cache" / "coursekit"))
-
-
-def music_corpus(per_genre: int = 40, rate: int = 8000, cache: bool = True) -> dict:
-    """{'wave': [float32 arrays], 'genre': [0/1], 'title': [...]} rendered from music21: Bach
-    chorales on an organ-like timbre (genre 0) and reels from Ryan's Mammoth Collection on a
-    violin-like timbre (genre 1). Cached on disk (COURSEKIT_CACHE, default ~/.cache/coursekit)."""
-    import music21
-
-    key = hashlib.sha1(json.dumps([CORPUS_VERSION, per_genre, rate, music21.__version__]).encode()).hexdigest()[:12]
-    path = _cache_dir() / f"music-{key}.npz"
-    if cache and path.exists():
-        with np.load(path, allow_pickle=False) as f:
-            lengths = f["lengths"]
-            waves = np.split(f["waves"], np.cumsum(lengths)[:-1])
-            return {"wave": waves, "genre": f["genre"].tolist(), "title": f["title"].tolist()}
-    from music21 import corpus
-
-    root = Path(corpus.__file__).parent
-    sources = [("chorale", sorted((root / "bach").glob("bwv*.mxl")), "organ", 0.55),
-               ("fiddle", sorted(p for p in (root / "ryansMammoth").glob("*Reel*.abc")), "violin", 0.22)]
-    waves, genres, titles = [], [], []
-    for genre, files, timbre, spq in sources:
-        done = 0
-        for f in files:
-            if done == per_genre:
-                break
-            try:
-                score = music21.converter.parse(f)
-                if isinstance(score, music21.stream.Opus):
-                    score = score.scores[0]
-                score = score.expandRepeats() if genre == "fiddle" else score
-                wave = render_score(score, rate, timbre, spq, seed=done)
-            except Exception:  # about 1 score in 40 fails to parse or expand; skip it
-                continue
-            if len(wave) < rate * 2:
-                continue
-            waves.append(wave)
-            genres.append(GENRES.index(genre))
-            titles.append(f.stem)
-            done += 1
-    if cache:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp.npz")
-        np.savez_compressed(tmp, waves=np.concatenate(waves), lengths=np.array([len(w) for w in waves]),
-                            genre=np.array(genres), title=np.array(titles))
-        tmp.replace(path)
-    return {"wave": waves, "genre": genres, "title": titles}
-
-
-def spectrogram_dataset(corpus: dict, preset: MelPreset, genre: int | None = None, hop: int | None = None):
-    """(images (N, 1, n_mels, frames), genre labels) from every slice of every piece."""
-    images, labels = [], []
-    for wave, g in zip(corpus["wave"], corpus["genre"]):
-        if genre is not None and g != genre:
-            continue
-        for piece in slices(torch.from_numpy(np.asarray(wave)), preset, preset.sample_rate, hop):
-            if piece.abs().max() < 1e-3:
-                continue
-            images.append(to_image(piece, preset))
-            labels.append(g)
-    return torch.stack(images), torch.tensor(labels)
-
-
-def dataset_images(dataset, preset: MelPreset, genre: str | int | None = None, hop: int | None = None,
-                   pieces: int | None = None):
-    """(images, genre labels) of every slice of a `coursekit.data.load('music')`-style dataset
-    (columns audio, sampling_rate, label), resampled to the preset's rate; `genre` keeps one,
-    `pieces` keeps the first that many recordings."""
-    if isinstance(genre, str):
-        names = dataset.features["label"].names
-        if genre not in names:
-            raise AudioError(f"unknown genre {genre!r}; this dataset has {', '.join(names)}")
-        genre = names.index(genre)
-    if genre is not None:
-        dataset = dataset.select([i for i, g in enumerate(dataset.with_format(None)["label"]) if g == genre])
-    if pieces is not None:
-        dataset = dataset.select(range(min(pieces, len(dataset))))
-    waves, labels = [], []
-    for row in dataset:
-        wave = torch.as_tensor(np.asarray(row["audio"], dtype=np.float32))
-        if row["sampling_rate"] != preset.sample_rate:
-            wave = resample(wave, row["sampling_rate"], preset.sample_rate)
-        if len(wave) < preset.slice_samples:
-            continue
-        waves.append(wave.numpy())
-        labels.append(row["label"])
-    if not waves:
-        raise AudioError(f"no audio of at least one slice ({preset.slice_seconds:.2f} s) of genre {genre} in the dataset")
-    return spectrogram_dataset({"wave": waves, "genre": labels}, preset, hop=hop)
-
-
-def load_model(name: str, device: str = "cpu"):
-    """(unet, scheduler, preset) of an audio-diffusion checkpoint (a zoo name, a folder, or a Hub
-    id such as kmpartner/audio-diffusion-electronic): UNet and scheduler from their
-    subfolders, mel settings from mel_config.json when present; no deprecated pipeline."""
-    from . import zoo
-
-    unet, scheduler = zoo.load(name, device=device)
-    folder = zoo._resolve(name)
-    config = next((p for p in (folder / "mel" / "mel_config.json", folder / "mel_config.json") if p.exists()), None)
-    preset = preset_from_config(json.loads(config.read_text())) if config else PRESETS["teticio"]
-    return unet, scheduler, preset
-
-
 def spectrogram_features(images: torch.Tensor) -> np.ndarray:
     """Per image: the mean and spread of each mel row over time, a timbre summary that ignores
     which notes are played when."""
     x = images.detach().float().cpu().reshape(len(images), images.shape[-2], images.shape[-1])
     return torch.cat([x.mean(-1), x.std(-1)], dim=1).numpy()
-
-
-@dataclass
-class GenreJudge:
-    """A logistic regression on `spectrogram_features`, fit on real slices only, to score
-    generated spectrograms by genre."""
-
-    model: object
-    held_out_accuracy: float
-
-    def predict(self, images: torch.Tensor) -> np.ndarray:
-        return self.model.predict(spectrogram_features(images))
-
-    def share(self, images: torch.Tensor, genre: int) -> float:
-        """Share of `images` classified as `genre`."""
-        return float(np.mean(self.predict(images) == genre))
-
-
-@lru_cache(maxsize=None)
-def corpus_judge(preset: str = "small") -> GenreJudge:
-    """The genre judge fit on every slice of the small corpus (`coursekit.data.load('music')`)."""
-    from . import data
-
-    images, labels = dataset_images(data.load("music"), PRESETS[preset])
-    return genre_judge(images, labels)
-
-
-def genre_judge(images: torch.Tensor, labels: torch.Tensor, seed: int = 0) -> GenreJudge:
-    """Fit the judge on 80% of the slices and report its accuracy on the other 20%."""
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.model_selection import train_test_split
-
-    feats, y = spectrogram_features(images), np.asarray(labels)
-    f_train, f_test, y_train, y_test = train_test_split(feats, y, test_size=0.2, random_state=seed, stratify=y)
-    model = LogisticRegression(max_iter=2000, C=1.0).fit(f_train, y_train)
-    return GenreJudge(model, float(model.score(f_test, y_test)))

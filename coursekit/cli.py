@@ -1,8 +1,12 @@
-"""The `coursekit` command.
+"""The `coursekit` command: every command of the course, in one style.
 
     coursekit run [NOTEBOOK_OR_FOLDER ...] [--track small|full] [--rehearse] [--out build]
     coursekit doctor [NOTEBOOK_OR_FOLDER ...]
     coursekit prefetch [--unit N]
+    coursekit pin                                   (coursekit.hub)
+    coursekit train NAME | --list                   (coursekit.zoo; also: coursekit evaluate NAME)
+    coursekit distill NAME | --list                 (coursekit.distill)
+    coursekit finetune --model M --dataset D --out RUN ...   (coursekit.finetune)
 
 `run` executes notebooks headless, writes the executed copies and their HTML next to an index
 page (build/index.html) with each notebook's wall time and status. A notebook that fails is
@@ -19,7 +23,7 @@ Face cache ahead of a workshop, prints sizes, resumes interrupted downloads and 
 """
 from __future__ import annotations
 
-import argparse
+import contextlib
 import html
 import json
 import os
@@ -30,6 +34,10 @@ import time
 from pathlib import Path
 
 
+class CommandError(ValueError):
+    """What a command was asked cannot be done; the message says why and what to do."""
+
+
 def find_notebooks(paths: list[str]) -> list[Path]:
     found = []
     for p in map(Path, paths):
@@ -38,12 +46,13 @@ def find_notebooks(paths: list[str]) -> list[Path]:
         elif p.suffix == ".ipynb" and p.exists():
             found.append(p)
         else:
-            raise SystemExit(f"coursekit run: {p} is neither a notebook nor a folder")
+            raise CommandError(f"{p} is neither a notebook nor a folder")
     return found
 
 
-def run_notebook(path: Path, out: Path, timeout: int = 1800) -> dict:
-    """Execute one notebook in its own folder; write .ipynb and .html under `out`."""
+def run_notebook(path: Path, out: Path, timeout: int = 1800, env: dict | None = None) -> dict:
+    """Execute one notebook in its own folder, its kernel's environment this process's with `env`
+    on top; write .ipynb and .html under `out`."""
     import nbformat
     from nbclient import NotebookClient
     from nbconvert import HTMLExporter
@@ -54,7 +63,7 @@ def run_notebook(path: Path, out: Path, timeout: int = 1800) -> dict:
     began = time.perf_counter()
     status = "ok"
     try:
-        client.execute()
+        client.execute(env={**os.environ, **(env or {})})
     except Exception as e:  # the partial notebook is still written, with the error in its cell
         last = re.sub(r"\x1b\[[0-9;]*m", "", str(e)).strip().splitlines()
         failed = [i for i, c in enumerate(nb.cells) if c.cell_type == "code"
@@ -109,36 +118,28 @@ def rehearsal_env(home: Path) -> dict:
 
 
 def cmd_run(args) -> int:
+    """`coursekit run`: execute the notebooks (their kernels get the track, or the rehearsal's
+    environment; this process's own environment is left alone)."""
     import tempfile
 
     rehearse = getattr(args, "rehearse", False)
     if rehearse and args.track not in (None, "full"):
-        raise SystemExit("coursekit run: --rehearse rehearses the full track; drop --track small")
+        raise CommandError("--rehearse rehearses the full track; drop --track small")
     track = "full" if rehearse else args.track
     env = {"COURSEKIT_TRACK": track} if track else {}
-    scratch = tempfile.TemporaryDirectory(prefix="coursekit-rehearsal-") if rehearse else None
-    if scratch:
-        print("writing stand-ins of the full track's Hub repos ...", flush=True)
-        env = rehearsal_env(Path(scratch.name))
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
     out = Path(args.out)
     results = []
-    try:
+    with contextlib.ExitStack() as stack:
+        if rehearse:
+            print("writing stand-ins of the full track's Hub repos ...", flush=True)
+            scratch = stack.enter_context(tempfile.TemporaryDirectory(prefix="coursekit-rehearsal-"))
+            env = rehearsal_env(Path(scratch))
         for nb in find_notebooks(args.paths or ["units"]):
             target = out / nb.parent.relative_to(nb.parent.anchor) if nb.is_absolute() else out / nb.parent
             print(f"running {nb} ...", flush=True)
-            r = run_notebook(nb, target, timeout=args.timeout)
+            r = run_notebook(nb, target, timeout=args.timeout, env=env)
             print(f"  {r['status']} in {r['seconds']:.1f} s -> {r['html']}", flush=True)
             results.append(r)
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-        if scratch:
-            scratch.cleanup()
     index = write_index(results, out, "full (rehearsal)" if rehearse else track or "auto")
     print(f"index: {index}")
     for r in results:
@@ -205,10 +206,10 @@ def doctor(paths: list[str] | None = None) -> dict:
             versions[pkg] = md.version(pkg)
         except md.PackageNotFoundError:
             versions[pkg] = "missing"
-    dev, reachable = tracks.device(), tracks.hub_reachable()
+    dev, reachable = tracks.device(), hub.reachable()
     cache = Path(constants.HF_HUB_CACHE)
     probe = cache if cache.exists() else Path.home()
-    cached = {repo: tracks.is_cached(repo, "dataset" if repo in hub.DATASETS else "model")
+    cached = {repo: hub.is_cached(repo, "dataset" if repo in hub.DATASETS else "model")
               for repo in hub.MODELS + hub.DATASETS}
     zoo_ok = all((zoo.ZOO_DIR / n / "unet").is_dir() for n in zoo.names())
     notebooks = []
@@ -231,7 +232,7 @@ def doctor(paths: list[str] | None = None) -> dict:
         verdict = (f"ready for the small track; the full track needs its Hub repos: run `coursekit prefetch` "
                    f"on a network{' (the Hub is unreachable now)' if not reachable else ''}")
     return {"device": dev, "host": tracks.host(), "track_picked": track, "versions": versions,
-            "hub_reachable": reachable, "hub_offline_flag": tracks.hub_offline_flag(),
+            "hub_reachable": reachable, "hub_offline_flag": hub.offline(),
             "hf_cache": str(cache), "free_disk": shutil.disk_usage(probe).free, "cached": cached,
             "zoo_complete": zoo_ok, "notebooks": notebooks, "verdict": verdict}
 
@@ -260,7 +261,7 @@ def prefetch_plan(unit: int | None = None, root: str = "units") -> list[tuple[st
         return [(r, "model") for r in hub.MODELS] + [(r, "dataset") for r in hub.DATASETS]
     folder = Path(root) / f"unit{unit}"
     if not folder.is_dir():
-        raise SystemExit(f"coursekit prefetch: no {folder}; units are "
+        raise CommandError(f"no {folder}; units are "
                          + ", ".join(sorted(p.name for p in Path(root).glob("unit*"))))
     plan = []
     for nb in find_notebooks([str(folder)]):
@@ -274,12 +275,12 @@ def prefetch(unit: int | None = None, root: str = "units") -> list[dict]:
     cache alone."""
     from huggingface_hub import snapshot_download
 
-    from . import hub, tracks
+    from . import hub
 
     plan = prefetch_plan(unit, root)
-    if not tracks.hub_reachable():
-        why = "HF_HUB_OFFLINE is set" if tracks.hub_offline_flag() else "huggingface.co cannot be reached"
-        raise SystemExit(f"coursekit prefetch: {why}, so nothing was downloaded. Run it on a machine with "
+    if not hub.reachable():
+        why = hub.why_unreachable()
+        raise CommandError(f"{why}, so nothing was downloaded. Run it on a machine with "
                          "network access (the cache it fills can be copied: HF_HOME), or use the small track, "
                          "which needs no downloads.")
     done = []
@@ -290,7 +291,7 @@ def prefetch(unit: int | None = None, root: str = "units") -> list[dict]:
         folder = snapshot_download(repo, repo_type=kind, revision=revision, **patterns)
         again = snapshot_download(repo, repo_type=kind, revision=revision, local_files_only=True, **patterns)
         if Path(again) != Path(folder):
-            raise SystemExit(f"coursekit prefetch: {repo} did not verify from the cache; run prefetch again")
+            raise CommandError(f"{repo} did not verify from the cache; run prefetch again")
         size = _size(Path(folder))
         done.append({"repo": repo, "kind": kind, "revision": revision, "bytes": size,
                      "seconds": round(time.perf_counter() - began, 1)})
@@ -299,9 +300,8 @@ def prefetch(unit: int | None = None, root: str = "units") -> list[dict]:
     return done
 
 
-def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(prog="coursekit", description="coursekit: the course's command")
-    sub = parser.add_subparsers(dest="command", required=True)
+def add_commands(sub) -> None:
+    """`run`, `doctor` and `prefetch`."""
     run = sub.add_parser("run", help="execute notebooks headless and write them with an HTML index")
     run.add_argument("paths", nargs="*", help="notebooks or folders (default: units)")
     run.add_argument("--track", choices=["small", "full"], help="force a track (default: picked automatically)")
@@ -309,19 +309,25 @@ def main(argv=None) -> None:
                      help="run the full track's code on this CPU, offline, with stand-ins of its Hub repos")
     run.add_argument("--out", default="build", help="output folder (default: build)")
     run.add_argument("--timeout", type=int, default=1800, help="seconds allowed per cell")
+    run.set_defaults(run=cmd_run)
     doc = sub.add_parser("doctor", help="what this machine can run, notebook by notebook")
     doc.add_argument("paths", nargs="*", help="notebooks or folders (default: units, when present)")
+    doc.set_defaults(run=cmd_doctor)
     pre = sub.add_parser("prefetch", help="download the pinned full-track models and datasets ahead of time")
     pre.add_argument("--unit", type=int, help="only what this unit's notebooks load")
     pre.add_argument("--units-dir", default="units", help="where the notebooks are (for --unit)")
-    args = parser.parse_args(argv)
-    if args.command == "doctor":
-        sys.exit(cmd_doctor(args))
-    if args.command == "prefetch":
-        prefetch(args.unit, args.units_dir)
-        sys.exit(0)
-    sys.exit(cmd_run(args))
+    pre.set_defaults(run=lambda args: prefetch(args.unit, args.units_dir) and None)
+
+
+def main(argv=None) -> int:
+    """The `coursekit` command; returns its exit status."""
+    from . import distill, finetune, hub, zoo
+    from .commands import run_commands
+
+    return run_commands("coursekit", "coursekit: the course's command",
+                        [add_commands, hub.add_commands, zoo.add_commands, distill.add_commands, finetune.add_commands],
+                        argv)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

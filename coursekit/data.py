@@ -1,6 +1,6 @@
 """Image datasets for both tracks, and the conversion between images and model tensors.
 
-`load(name)` gives a `datasets.Dataset` with an `image` column (PIL) and, where the data has
+`load_dataset(name)` gives a `datasets.Dataset` with an `image` column (PIL) and, where the data has
 one, a `label` column. Small-track sets are built from data that ships inside pip packages, so
 they load offline; full-track sets come from the Hub at a pinned revision.
 """
@@ -108,11 +108,11 @@ def _music():
     Audio is a float column beside its sampling rate (no audio decoder needed)."""
     from datasets import ClassLabel, Dataset, Features, Sequence, Value
 
-    from . import audio
+    from . import music
 
-    corpus = audio.music_corpus()
+    corpus = music.music_corpus()
     features = Features({"audio": Sequence(Value("float32")), "sampling_rate": Value("int32"),
-                         "label": ClassLabel(names=list(audio.GENRES)), "title": Value("string")})
+                         "label": ClassLabel(names=list(music.GENRES)), "title": Value("string")})
     return Dataset.from_dict({"audio": [w.tolist() for w in corpus["wave"]], "sampling_rate": [8000] * len(corpus["wave"]),
                               "label": corpus["genre"], "title": corpus["title"]}, features=features)
 
@@ -120,16 +120,16 @@ def _music():
 def _hub_dataset(repo: str, small: str, split: str):
     """A Hub dataset at its pinned revision, loaded from its local snapshot, so that a cache
     filled by `coursekit prefetch` (or copied from another machine) loads with no network."""
-    from datasets import load_dataset
+    import datasets
 
     from . import hub
 
     try:
-        folder = hub.fetch(repo, f"use the small-track equivalent: coursekit.data.load({small!r})",
+        folder = hub.fetch(repo, f"use the small-track equivalent: coursekit.data.load_dataset({small!r})",
                            repo_type="dataset", **hub.dataset_files(repo))
     except hub.HubUnavailable as e:
         raise DataError(f"{repo} is a full-track dataset: {e}") from None
-    return load_dataset(str(folder), split=split)
+    return datasets.load_dataset(str(folder), split=split)
 
 
 def _decode_audio(batch):
@@ -168,7 +168,7 @@ def _full(spec: HubDataset, split: str):
     return ds
 
 
-def load(name: str, split: str = "train"):
+def load_dataset(name: str, split: str = "train"):
     """A `datasets.Dataset` with columns `image` (and `label` where there is one).
 
     Small track: 'digits' (scikit-learn's 8x8 digits, 10 classes), 'photo-crops' (32x32 colour

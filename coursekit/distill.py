@@ -1,8 +1,8 @@
 """Progressive distillation (Salimans and Ho 2022): a student learns to do in one DDIM step what
 its teacher does in two; repeat, and 64 steps become 4.
 
-    python -m coursekit.distill train digits-cond      # all rounds 64 -> 4, into the zoo
-    python -m coursekit.distill list
+    coursekit distill digits-cond      # all rounds 64 -> 4, into the zoo (or python -m coursekit.distill)
+    coursekit distill --list
 
 Choices, and how they differ from the paper:
 - Students keep the teacher's epsilon parameterisation (the paper switches to v or x), so every
@@ -24,10 +24,8 @@ Choices, and how they differ from the paper:
 """
 from __future__ import annotations
 
-import argparse
 import copy
 import json
-import math
 import platform
 import shutil
 import time
@@ -36,7 +34,7 @@ from pathlib import Path
 
 import torch
 
-from .samplers import _check, predict_noise
+from .models import as_predictor, null_label
 
 T_MAX = 960
 
@@ -63,31 +61,36 @@ def _ab(scheduler, t: int, device) -> torch.Tensor:
 
 
 @torch.no_grad()
-def sample(unet, scheduler, x: torch.Tensor, *, steps: int, labels=None, guidance_scale: float = 1.0,
-           callback=None, progress: bool = True) -> torch.Tensor:
-    """DDIM (eta 0, no clipping) on the nested grid: the sampler teachers and students share."""
+def sample_on_grid(model, scheduler, x: torch.Tensor, *, steps: int, labels=None, guidance_scale: float = 1.0,
+                   callback=None, progress: bool = True) -> torch.Tensor:
+    """DDIM (eta 0, no clipping) on the nested grid: the sampler teachers and students share.
+    `model` is a UNet (with its labels and guidance scale) or a NoisePredictor."""
     from tqdm.auto import tqdm
 
-    labels = _check(unet, x, labels, guidance_scale)
+    predictor = as_predictor(model, x, labels=labels, guidance_scale=guidance_scale)
     ts = grid(steps)
     for i, t in enumerate(tqdm(ts, disable=not progress, desc=f"{steps}-step sampling", leave=False)):
-        eps = predict_noise(unet, x, t, labels, guidance_scale)
-        x = ddim_step(x, eps, _ab(scheduler, t, x.device), _ab(scheduler, ts[i + 1] if i + 1 < len(ts) else 0, x.device))
+        eps = predictor(x, t)
+        a_t = _ab(scheduler, t, x.device)
+        x0 = (x - (1 - a_t).sqrt() * eps) / a_t.sqrt()
+        x = ddim_step(x, eps, a_t, _ab(scheduler, ts[i + 1] if i + 1 < len(ts) else 0, x.device))
         if callback is not None:
-            callback(i, t, x)
+            callback(i, {"t": t, "x": x, "x0": x0})
     return x
 
 
 def targets(teacher, scheduler, z, t: int, teacher_steps: int, labels=None, guidance_scale: float = 1.0,
             max_weight: float | None = None):
     """(eps_target, weight): the noise estimate with which ONE student DDIM step from (z, t)
-    lands where TWO teacher steps do, and the loss weight max(1, 1/SNR(t)), capped at max_weight."""
+    lands where TWO teacher steps do, and the loss weight max(1, 1/SNR(t)), capped at max_weight.
+    `teacher` is a UNet (with its labels and guidance scale) or a NoisePredictor."""
     half = T_MAX // teacher_steps
     device = z.device
+    predictor = as_predictor(teacher, z, labels=labels, guidance_scale=guidance_scale)
     a_t, a_mid, a_next = (_ab(scheduler, s, device) for s in (t, t - half, t - 2 * half))
     with torch.no_grad():
-        z_mid = ddim_step(z, predict_noise(teacher, z, t, labels, guidance_scale), a_t, a_mid)
-        z_next = ddim_step(z_mid, predict_noise(teacher, z_mid, t - half, labels, guidance_scale), a_mid, a_next)
+        z_mid = ddim_step(z, predictor(z, t), a_t, a_mid)
+        z_next = ddim_step(z_mid, predictor(z_mid, t - half), a_mid, a_next)
     ratio = (1 - a_next).sqrt() / (1 - a_t).sqrt()
     x0 = (z_next - ratio * z) / (a_next.sqrt() - ratio * a_t.sqrt())
     eps = (z - a_t.sqrt() * x0) / (1 - a_t).sqrt()
@@ -97,17 +100,16 @@ def targets(teacher, scheduler, z, t: int, teacher_steps: int, labels=None, guid
 def distill_round(teacher, scheduler, images: torch.Tensor, labels: torch.Tensor | None = None, *,
                   teacher_steps: int, guidance_scale: float = 1.0, steps: int = 400, batch_size: int = 64,
                   lr: float = 1e-4, max_weight: float | None = 5.0, p_uncond: float = 0.1, seed: int = 0,
-                  progress: bool = True, callback=None):
-    """One round: a copy of `teacher` trained to sample in teacher_steps // 2 steps.
+                  progress: bool = True, callback=None, out_dir=None):
+    """One round: a copy of `teacher` trained to sample in teacher_steps // 2 steps, with
+    `coursekit.train.fit` (so with Accelerate, a progress bar, resumable checkpoints in `out_dir`
+    and a stop on NaN).
 
     Returns (student, losses). `guidance_scale` is the teacher's classifier-free guidance (use it
     for the first round only: later teachers have it built in). The learning rate falls linearly
     from `lr` to zero over the round; `max_weight` caps the truncated-SNR weight (None: uncapped).
     """
-    from tqdm.auto import trange
-
     from . import train
-    from .samplers import null_label
 
     if teacher_steps < 2 or teacher_steps % 2:
         raise DistillError(f"a round halves the steps, so the teacher's count must be even, got {teacher_steps}")
@@ -115,38 +117,25 @@ def distill_round(teacher, scheduler, images: torch.Tensor, labels: torch.Tensor
     null = null_label(teacher)
     if (labels is None) != (null is None):
         raise DistillError("pass labels exactly when the teacher is class-conditional")
-    device = teacher.device
     student = copy.deepcopy(teacher).train().requires_grad_(True)
     teacher = teacher.eval().requires_grad_(False)
     student_grid = grid(teacher_steps // 2)
-    optimizer = torch.optim.AdamW(student.parameters(), lr=lr, weight_decay=0.0)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda i: 1 - i / steps)
-    losses = []
-    bar = trange(steps, disable=not progress, desc=f"distilling {teacher_steps} -> {teacher_steps // 2} steps")
-    for step in bar:
-        g = train.step_generator(seed, step)
-        idx = train.batch_indices(len(images), batch_size, step, seed)
-        x0 = images[idx].to(device)
-        y = None if labels is None else train.drop_labels(labels[idx], p_uncond, null, g).to(device)
+
+    def distillation_loss(model, batch):
+        g, device = batch.generator, batch.device
+        x0 = batch.draw(images[batch.indices])
+        y = None if labels is None else batch.draw(train.drop_labels(labels[batch.indices], p_uncond, null, g))
         t = student_grid[int(torch.randint(0, len(student_grid), (1,), generator=g))]
-        noise = torch.randn(x0.shape, generator=g).to(device)
+        noise = batch.draw(torch.randn((len(batch.indices), *images.shape[1:]), generator=g))
         a_t = _ab(scheduler, t, device)
         z = a_t.sqrt() * x0 + (1 - a_t).sqrt() * noise
         eps_target, weight = targets(teacher, scheduler, z, t, teacher_steps, y, guidance_scale, max_weight)
-        pred = student(z, t, class_labels=y).sample
-        loss = (weight * (pred - eps_target) ** 2).mean()
-        if not math.isfinite(loss.item()):
-            raise train.TrainingDiverged(f"distillation loss became {loss.item()} at step {step}; lower the learning rate")
-        optimizer.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(student.parameters(), 1.0)
-        optimizer.step()
-        schedule.step()
-        losses.append(loss.item())
-        bar.set_postfix(loss=f"{loss.item():.4f}")
-        if callback is not None:
-            callback(step, losses, student)
-    return student.eval().requires_grad_(False), losses
+        return (weight * (model(z, t, class_labels=y).sample - eps_target) ** 2).mean()
+
+    result = train.fit(student, distillation_loss, len(images), steps=steps, batch_size=batch_size, lr=lr,
+                       schedule="linear", seed=seed, out_dir=out_dir, callback=callback, every=1, progress=progress,
+                       desc=f"distilling {teacher_steps} -> {teacher_steps // 2} steps")
+    return result.unet.requires_grad_(False), result.losses
 
 
 @dataclass(frozen=True)
@@ -178,8 +167,8 @@ def evaluate(unet, scheduler, steps: int, guidance_scale: float = 1.0, per_class
 
     judge = metrics.digit_judge(unet.config.sample_size)
     labels = torch.arange(10).repeat_interleave(per_class)
-    x = sample(unet, scheduler, samplers.noise(unet, len(labels), torch.Generator().manual_seed(seed)),
-               steps=steps, labels=labels, guidance_scale=guidance_scale, progress=False)
+    x = sample_on_grid(unet, scheduler, samplers.noise(unet, len(labels), torch.Generator().manual_seed(seed)),
+                       steps=steps, labels=labels, guidance_scale=guidance_scale, progress=False)
     return {"samples": len(labels), "sampler": f"DDIM on the nested grid, {steps} steps",
             "conditional_accuracy": round(judge.accuracy(x, labels), 4), "fid_pca20": round(judge.fid(x), 3)}
 
@@ -195,13 +184,15 @@ tags: [coursekit, diffusion, small-track, progressive-distillation]
 
 A {steps}-step student of the zoo model `{recipe.teacher}`, by progressive distillation
 (Salimans and Ho 2022; `coursekit.distill`). Sample it with
-`coursekit.distill.sample(unet, scheduler, noise, steps={steps}, labels=...)` and guidance scale 1:
+`coursekit.distill.sample_on_grid(unet, scheduler, noise, steps={steps}, labels=...)` and guidance scale 1:
 the teacher's classifier-free guidance at scale {recipe.guidance_scale} is built in.
 
 - **Teacher**: `{recipe.teacher}` with {recipe.teacher_steps}-step DDIM on the nested grid t_k = k * {T_MAX} / N.
-- **Recipe**: {recipe.steps_per_round} steps per round, batch {recipe.batch_size}, AdamW lr {recipe.lr} falling linearly to 0 in each round, loss weight max(1, 1/SNR) capped at {recipe.max_weight}, label dropout {recipe.p_uncond}, seed {recipe.seed}; full recipe `coursekit.distill.RECIPES[{recipe.teacher!r}]`.
+- **Recipe**: {recipe.steps_per_round} steps per round, batch {recipe.batch_size}, AdamW lr {recipe.lr} falling
+  linearly to 0 in each round, loss weight max(1, 1/SNR) capped at {recipe.max_weight}, label dropout
+  {recipe.p_uncond}, seed {recipe.seed}; full recipe `coursekit.distill.RECIPES[{recipe.teacher!r}]`.
 - **Hardware**: {platform.machine()} CPU, one torch thread.
-- **Reproduce**: `python -m coursekit.distill train {recipe.teacher}` (every round, into the zoo).
+- **Reproduce**: `coursekit distill {recipe.teacher}` (every round, into the zoo).
 
 ## Rounds
 
@@ -220,64 +211,67 @@ Judged by `coursekit.metrics.digit_judge()`, a classifier fit on real digits onl
 
 def train_chain(name: str, out_dir: str | Path | None = None, steps_per_round: int | None = None,
                 threads: int | None = None, evaluate_after: bool = True, progress: bool = True) -> list[Path]:
-    """All rounds of RECIPES[name]; each student saved as a zoo folder with its model card."""
-    from . import data, zoo
+    """All rounds of RECIPES[name]; each student saved as a zoo folder with its model card, with
+    `threads` torch threads for the run."""
+    from . import data, models, zoo
+    from .tracks import torch_threads
 
     if name not in RECIPES:
         raise DistillError(f"no distillation recipe named {name!r}; known: {', '.join(RECIPES)}")
-    if threads:
-        torch.set_num_threads(threads)
     recipe = RECIPES[name]
     per_round = steps_per_round or recipe.steps_per_round
     out_dir = Path(out_dir) if out_dir else zoo.ZOO_DIR
-    teacher, scheduler = zoo.load(recipe.teacher)
+    teacher, scheduler = models.load_model(recipe.teacher)
     base = zoo.RECIPES[recipe.teacher]
-    images, labels = data.tensors(data.load(base.dataset), base.size, base.channels)
+    images, labels = data.tensors(data.load_dataset(base.dataset), base.size, base.channels)
     steps, guidance, rounds, written = recipe.teacher_steps, recipe.guidance_scale, [], []
-    while steps > recipe.final_steps:
-        began = time.perf_counter()
-        teacher, losses = distill_round(teacher, scheduler, images, labels if base.conditional else None,
-                                        teacher_steps=steps, guidance_scale=guidance, steps=per_round,
-                                        batch_size=recipe.batch_size, lr=recipe.lr, max_weight=recipe.max_weight,
-                                        p_uncond=recipe.p_uncond,
-                                        seed=recipe.seed + steps, progress=progress)
-        rounds.append({"from": steps, "to": steps // 2, "seconds": time.perf_counter() - began,
-                       "last_loss": sum(losses[-20:]) / len(losses[-20:])})
-        steps, guidance = steps // 2, 1.0
-        folder = out_dir / student_name(name, steps)
-        shutil.rmtree(folder, ignore_errors=True)
-        zoo.save(teacher, scheduler, folder)
-        quality = evaluate(teacher, scheduler, steps) if evaluate_after else {}
-        (folder / "README.md").write_text(_card(folder.name, recipe, steps, rounds, quality))
-        (folder / "distill.json").write_text(json.dumps({**asdict(recipe), "steps": steps, "steps_per_round": per_round,
-                                                         "rounds": rounds, "quality": quality}, indent=2) + "\n")
-        written.append(folder)
+    with torch_threads(threads):
+        while steps > recipe.final_steps:
+            began = time.perf_counter()
+            teacher, losses = distill_round(teacher, scheduler, images, labels if base.conditional else None,
+                                            teacher_steps=steps, guidance_scale=guidance, steps=per_round,
+                                            batch_size=recipe.batch_size, lr=recipe.lr, max_weight=recipe.max_weight,
+                                            p_uncond=recipe.p_uncond,
+                                            seed=recipe.seed + steps, progress=progress)
+            rounds.append({"from": steps, "to": steps // 2, "seconds": time.perf_counter() - began,
+                           "last_loss": sum(losses[-20:]) / len(losses[-20:])})
+            steps, guidance = steps // 2, 1.0
+            folder = out_dir / student_name(name, steps)
+            shutil.rmtree(folder, ignore_errors=True)
+            models.save_model(teacher, scheduler, folder)
+            quality = evaluate(teacher, scheduler, steps) if evaluate_after else {}
+            (folder / "README.md").write_text(_card(folder.name, recipe, steps, rounds, quality))
+            (folder / "distill.json").write_text(json.dumps({**asdict(recipe), "steps": steps, "steps_per_round": per_round,
+                                                             "rounds": rounds, "quality": quality}, indent=2) + "\n")
+            written.append(folder)
     return written
 
 
 def load_student(name: str, steps: int, device: str = "cpu"):
     """(unet, scheduler) of the zoo's `steps`-step student of teacher `name`."""
-    from . import zoo
+    from . import models
 
-    folder = zoo.ZOO_DIR / student_name(name, steps)
+    folder = models.CHECKPOINTS / student_name(name, steps)
     if not folder.is_dir():
         raise DistillError(f"no {steps}-step student of {name!r} in the zoo; "
-                           f"train it with `python -m coursekit.distill train {name}`")
-    return zoo.load(folder, device=device)
+                           f"train it with `coursekit distill {name}`")
+    return models.load_model(folder, device=device)
 
 
-def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m coursekit.distill", description=__doc__.split("\n")[0])
-    sub = parser.add_subparsers(dest="command", required=True)
-    t = sub.add_parser("train", help="run every round of a recipe, saving each student into the zoo")
-    t.add_argument("name", choices=sorted(RECIPES))
+def add_commands(sub) -> None:
+    """`distill NAME`: every round of a recipe, each student into the zoo (`--list`: the recipes)."""
+    t = sub.add_parser("distill", help="run every round of a distillation recipe, saving each student into the zoo")
+    t.add_argument("name", nargs="?", choices=sorted(RECIPES))
+    t.add_argument("--list", action="store_true", help="list the recipes and stop")
     t.add_argument("--out", help="folder for the students (default: the package's zoo)")
     t.add_argument("--steps-per-round", type=int, help="override the recipe (for quick checks)")
     t.add_argument("--threads", type=int, default=1)
     t.add_argument("--no-eval", action="store_true")
-    sub.add_parser("list", help="list the recipes")
-    args = parser.parse_args(argv)
-    if args.command == "list":
+    t.set_defaults(run=_distill_command)
+
+
+def _distill_command(args) -> None:
+    if args.list or not args.name:
         for n, r in RECIPES.items():
             print(f"{n}: {r.teacher_steps} -> {r.final_steps} steps, {r.steps_per_round} steps per round")
         return
@@ -286,4 +280,8 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    import sys
+
+    from .commands import run_commands
+
+    sys.exit(run_commands("python -m coursekit.distill", __doc__.split("\n")[0], [add_commands], default="distill"))

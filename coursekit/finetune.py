@@ -1,16 +1,16 @@
 """Fine-tune a pretrained diffusion model on another dataset, from the command line.
 
-    python -m coursekit.finetune --model digits-uncond --dataset digits --resize --out runs/ft --steps 300
+    coursekit finetune --model digits-uncond --dataset digits --resize --out runs/ft --steps 300
+    python -m coursekit.finetune ...                   # the same
     accelerate launch -m coursekit.finetune ...        # the same on several GPUs
 
-The model is any `coursekit.zoo.load` name (zoo name, Hub id, folder); the dataset any
-`coursekit.data.load` name. Checkpoints go to OUT/checkpoint and a run started again with the
+The model is any `coursekit.models.load_model` name (zoo name, Hub id, folder); the dataset any
+`coursekit.data.load_dataset` name. Checkpoints go to OUT/checkpoint and a run started again with the
 same OUT resumes from there. Sample grids land in OUT/samples, the loss curve in OUT/loss.png,
 and the result in diffusers format in OUT/model.
 """
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 
@@ -34,41 +34,47 @@ def check_fit(unet, dataset, resize: bool = False) -> None:
 def finetune(model: str, dataset: str, out: str | Path, *, steps: int = 300, batch_size: int = 16,
              grad_accum: int = 1, lr: float = 1e-4, resize: bool = False, sample_every: int = 100,
              n_samples: int = 16, seed: int = 0, progress: bool = True) -> Path:
-    """Fine-tune `model` on `dataset`; returns OUT/model, a diffusers-format pipeline folder."""
+    """Fine-tune `model` on `dataset`; returns OUT/model, a diffusers-format pipeline folder.
+    Under `accelerate launch`, `batch_size` is per process and the main process writes the files."""
     import torch
     from accelerate import PartialState
     from diffusers import DDIMPipeline, DDIMScheduler
 
-    from . import data, samplers, train, viz, zoo
+    from . import data, models, samplers, train, viz
 
-    out = Path(out)
-    unet, scheduler = zoo.load(model, device=PartialState().device)   # on the GPU from the first sample grid on
-    ds = data.load(dataset)
+    out, state = Path(out), PartialState(cpu=not torch.cuda.is_available())
+    unet, scheduler = models.load_model(model, device=state.device)   # on the GPU from the first grid on
+    ds = data.load_dataset(dataset)
     check_fit(unet, ds, resize)
     images, labels = data.tensors(ds, unet.config.sample_size, unet.config.in_channels)
-    if samplers.null_label(unet) is not None:
+    if models.null_label(unet) is not None:
         raise FinetuneError("this command fine-tunes unconditional models; the model is class-conditional")
     (out / "samples").mkdir(parents=True, exist_ok=True)
     noise = samplers.noise(unet, n_samples, torch.Generator().manual_seed(seed)).cpu()
 
-    def log_samples(step, losses, model):
+    def log_samples(step, state):
+        model = state["model"]
         x = samplers.ddim(model, scheduler, noise.to(model.device), steps=25, progress=False)
         viz.image_grid(x, scale=max(1, 64 // unet.config.sample_size)).save(out / "samples" / f"step_{step:05d}.png")
 
-    if not (out / "checkpoint").exists():
-        log_samples(0, [], unet)
+    if not (out / "checkpoint").exists() and state.is_main_process:
+        log_samples(0, {"losses": [], "model": unet})
     result = train.train(unet, scheduler, images, steps=steps, batch_size=batch_size, grad_accum=grad_accum,
                          lr=lr, warmup=min(50, steps // 10), seed=seed, out_dir=out, callback=log_samples,
                          every=sample_every, progress=progress)
-    viz.loss_curve(result.losses, title=f"fine-tuning {model} on {dataset}").savefig(out / "loss.png")
-    DDIMPipeline(unet=result.unet, scheduler=DDIMScheduler.from_config(scheduler.config)).save_pretrained(out / "model")
+    if state.is_main_process:
+        viz.loss_curve(result.losses, title=f"fine-tuning {model} on {dataset}").savefig(out / "loss.png")
+        pipeline = DDIMPipeline(unet=result.unet, scheduler=DDIMScheduler.from_config(scheduler.config))
+        pipeline.save_pretrained(out / "model")
+    state.wait_for_everyone()
     return out / "model"
 
 
-def main(argv=None) -> None:
-    p = argparse.ArgumentParser(prog="python -m coursekit.finetune", description=__doc__.split("\n")[0])
+def add_commands(sub) -> None:
+    """`finetune --model M --dataset D --out RUN ...`."""
+    p = sub.add_parser("finetune", help="fine-tune a model on a dataset (resumes when run again with the same --out)")
     p.add_argument("--model", required=True, help="zoo name, Hub id or folder")
-    p.add_argument("--dataset", required=True, help="a coursekit.data.load name")
+    p.add_argument("--dataset", required=True, help="a coursekit.data.load_dataset name")
     p.add_argument("--out", required=True, help="run folder: checkpoints, samples, loss curve, final model")
     p.add_argument("--steps", type=int, default=300)
     p.add_argument("--batch-size", type=int, default=16)
@@ -77,14 +83,18 @@ def main(argv=None) -> None:
     p.add_argument("--resize", action="store_true", help="scale the dataset's images to the model's size")
     p.add_argument("--sample-every", type=int, default=100)
     p.add_argument("--seed", type=int, default=0)
-    a = p.parse_args(argv)
-    try:
-        path = finetune(a.model, a.dataset, a.out, steps=a.steps, batch_size=a.batch_size, grad_accum=a.grad_accum,
-                        lr=a.lr, resize=a.resize, sample_every=a.sample_every, seed=a.seed)
-    except FinetuneError as e:
-        raise SystemExit(f"coursekit.finetune: {e}")
+    p.set_defaults(run=_finetune_command)
+
+
+def _finetune_command(a) -> None:
+    path = finetune(a.model, a.dataset, a.out, steps=a.steps, batch_size=a.batch_size, grad_accum=a.grad_accum,
+                    lr=a.lr, resize=a.resize, sample_every=a.sample_every, seed=a.seed)
     print(f"fine-tuned model: {path}")
 
 
 if __name__ == "__main__":
-    main()
+    import sys
+
+    from .commands import run_commands
+
+    sys.exit(run_commands("python -m coursekit.finetune", __doc__.split("\n")[0], [add_commands], default="finetune"))

@@ -9,13 +9,19 @@ a little downhill, and the scheduler's ordinary step follows. Two variants:
   the x0 formula. Cheap: one forward pass, no UNet backward.
 - `through_unet=True`: the gradient also flows through the UNet's noise estimate. It costs a
   backward pass through the UNet and more memory, and steers more strongly.
+
+Losses here: a colour, a classifier's (`train_classifier` fits a small one), and CLIP's
+similarity to a prompt (`load_clip`, `clip_loss`, with `clip_pixels` preparing each cut-out as
+CLIP's own image processor does). The noise estimate comes from the same
+`coursekit.models.NoisePredictor` every sampler uses; the Gradio demo is in `coursekit.demo`.
 """
 from __future__ import annotations
 
 import torch
 
 from . import samplers
-from .samplers import SamplerError, _check, predict_noise
+from .models import as_predictor
+from .samplers import SamplerError
 
 
 def _check_scheduler(scheduler) -> None:
@@ -32,15 +38,17 @@ def predict_x0(scheduler, x: torch.Tensor, eps: torch.Tensor, t) -> torch.Tensor
     return (x - (1 - ab).sqrt() * eps) / ab.sqrt()
 
 
-def guidance_gradient(unet, scheduler, x, t, loss_fn, *, through_unet: bool = False, labels=None,
+def guidance_gradient(model, scheduler, x, t, loss_fn, *, through_unet: bool = False, labels=None,
                       guidance_scale: float = 1.0):
-    """(gradient of loss_fn(x0) with respect to x_t, the noise estimate eps) at step t."""
+    """(gradient of loss_fn(x0) with respect to x_t, the noise estimate eps) at step t; `model` is
+    a UNet (with its labels and guidance scale) or a NoisePredictor."""
+    predictor = as_predictor(model, labels=labels, guidance_scale=guidance_scale)
     x = x.detach().requires_grad_(True)
     if through_unet:
-        eps = predict_noise(unet, x, t, labels, guidance_scale)
+        eps = predictor(x, t)
     else:
         with torch.no_grad():
-            eps = predict_noise(unet, x, t, labels, guidance_scale)
+            eps = predictor(x, t)
     loss = loss_fn(predict_x0(scheduler, x, eps, t))
     if loss.ndim != 0:
         raise SamplerError(f"the guidance loss must be a scalar, got shape {tuple(loss.shape)}")
@@ -48,25 +56,23 @@ def guidance_gradient(unet, scheduler, x, t, loss_fn, *, through_unet: bool = Fa
     return grad, eps.detach()
 
 
-def sample(unet, scheduler, x: torch.Tensor, loss_fn, *, scale: float, steps: int = 25,
-           through_unet: bool = False, labels=None, guidance_scale: float = 1.0, **kwargs):
+def guided_sample(model, scheduler, x: torch.Tensor, loss_fn, *, scale: float, steps: int = 25,
+                  through_unet: bool = False, labels=None, guidance_scale: float = 1.0, **kwargs):
     """Loss-guided sampling from the noise `x`: before each scheduler step, x_t -= scale * grad.
 
     `loss_fn(x0)` takes the predicted clean images (N, C, H, W in about [-1, 1]) and returns a
     scalar. `scale=0` gives the unguided sampler's result exactly. Other keywords (generator,
     callback, progress, trajectory, eta, ...) go to `coursekit.samplers.sample`.
     """
-    labels = _check(unet, x, labels, guidance_scale)
+    predictor = as_predictor(model, x, labels=labels, guidance_scale=guidance_scale)
     _check_scheduler(scheduler)
 
-    def guide(x, t):
+    def guide(predictor, x, t):
         with torch.enable_grad():
-            grad, eps = guidance_gradient(unet, scheduler, x, t, loss_fn, through_unet=through_unet,
-                                          labels=labels, guidance_scale=guidance_scale)
+            grad, eps = guidance_gradient(predictor, scheduler, x, t, loss_fn, through_unet=through_unet)
         return x - scale * grad, eps
 
-    return samplers.sample(unet, scheduler, x, steps=steps, labels=labels, guidance_scale=guidance_scale,
-                           guide=guide if scale else None, **kwargs)
+    return samplers.sample(predictor, scheduler, x, steps=steps, guide=guide if scale else None, **kwargs)
 
 
 def colour_loss(colour) -> "callable":
@@ -100,51 +106,6 @@ def classifier_loss(classifier, labels) -> "callable":
     return loss
 
 
-class ClassChannelsUNet(torch.nn.Module):
-    """Class conditioning as extra input channels: a learned embedding of the label is spread
-    over every pixel and concatenated with the image before the UNet sees it.
-
-    It behaves like a class-conditional diffusers UNet (`unet(x, t, class_labels=y).sample`,
-    `config.num_class_embeds`, the last label meaning 'no class'), so coursekit's samplers,
-    classifier-free guidance and training loop work with it unchanged.
-    """
-
-    def __init__(self, unet, num_classes: int, embed_dim: int = 4):
-        super().__init__()
-        channels = unet.config.in_channels - embed_dim
-        if channels not in (1, 3) or unet.config.out_channels != channels:
-            raise SamplerError(f"the inner UNet needs in_channels = image channels + {embed_dim} and "
-                               f"out_channels = image channels; got {unet.config.in_channels} and {unet.config.out_channels}")
-        self.unet = unet
-        self.embed = torch.nn.Embedding(num_classes + 1, embed_dim)
-        from types import SimpleNamespace
-
-        self.config = SimpleNamespace(in_channels=channels, out_channels=channels, sample_size=unet.config.sample_size,
-                                      num_class_embeds=num_classes + 1, embed_dim=embed_dim)
-
-    @property
-    def device(self):
-        return self.unet.device
-
-    @property
-    def dtype(self):
-        return self.unet.dtype
-
-    def forward(self, x, t, class_labels=None):
-        if class_labels is None:
-            raise SamplerError("ClassChannelsUNet needs class_labels (use the last label for 'no class')")
-        maps = self.embed(class_labels)[:, :, None, None].expand(-1, -1, *x.shape[-2:])
-        return self.unet(torch.cat([x, maps.to(x.dtype)], dim=1), t)
-
-
-def class_channels_unet(size: int, channels: int, num_classes: int, embed_dim: int = 4, **unet_kwargs):
-    """A UNet2DModel wrapped by ClassChannelsUNet: conditioning through extra input channels."""
-    from diffusers import UNet2DModel
-
-    inner = UNet2DModel(sample_size=size, in_channels=channels + embed_dim, out_channels=channels, **unet_kwargs)
-    return ClassChannelsUNet(inner, num_classes, embed_dim)
-
-
 def small_classifier(channels: int, num_classes: int) -> torch.nn.Module:
     """A small CNN from images (N, channels, H, W in [-1, 1]) to class logits, any H and W."""
     nn = torch.nn
@@ -157,27 +118,31 @@ def small_classifier(channels: int, num_classes: int) -> torch.nn.Module:
 
 
 def train_classifier(images: torch.Tensor, labels: torch.Tensor, *, steps: int = 400, batch_size: int = 64,
-                     lr: float = 2e-3, blur_noise: float = 0.3, seed: int = 0, device="cpu") -> torch.nn.Module:
-    """Fit `small_classifier` on clean images to guide sampling; returns it in eval mode, on `device`.
+                     lr: float = 2e-3, blur_noise: float = 0.3, seed: int = 0, device="cpu",
+                     progress: bool = False) -> torch.nn.Module:
+    """Fit `small_classifier` on clean images to guide sampling, with `coursekit.train.fit`;
+    returns it in eval mode, on `device`.
 
     The guide sees predicted x0, which is blurry and noisy early in sampling, so training
     images get Gaussian noise of a random strength up to `blur_noise`. This guide is separate
-    from `coursekit.metrics`' judge, which stays an independent measure. Batches and noise come
-    from a CPU generator, so the same seed gives the same batches on any device.
+    from `coursekit.metrics`' judge, which stays an independent measure.
     """
-    g = torch.Generator().manual_seed(seed)
-    torch.manual_seed(seed)
-    model = small_classifier(images.shape[1], int(labels.max()) + 1).to(device)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr)
-    for _ in range(steps):
-        idx = torch.randint(0, len(images), (batch_size,), generator=g)
-        strength = torch.rand(batch_size, 1, 1, 1, generator=g) * blur_noise
-        x = images[idx] + strength * torch.randn(images[idx].shape, generator=g)
-        loss = torch.nn.functional.cross_entropy(model(x.to(device)), labels[idx].to(device))
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    return model.eval()
+    from . import train
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = small_classifier(images.shape[1], int(labels.max()) + 1).to(device)
+
+    def cross_entropy(model, batch):
+        x = images[batch.indices]
+        strength = torch.rand(len(x), 1, 1, 1, generator=batch.generator) * blur_noise
+        x = x + strength * torch.randn(x.shape, generator=batch.generator)
+        return torch.nn.functional.cross_entropy(model(batch.draw(x)), batch.draw(labels[batch.indices]))
+
+    result = train.fit(model, cross_entropy, len(images), steps=steps, batch_size=batch_size, lr=lr,
+                       schedule="constant", weight_decay=0.01, clip=None, seed=seed, progress=progress,
+                       desc="training the guide classifier")
+    return result.unet
 
 
 CLIP_MODEL = "openai/clip-vit-base-patch32"
@@ -364,47 +329,11 @@ def colour_guided_grid(unet, scheduler, colour, scale: float, *, seed: int = 0, 
 
     rgb = parse_colour(colour)
     g = torch.Generator().manual_seed(int(seed))
-    x = sample(unet, scheduler, samplers.noise(unet, n, g), colour_loss(rgb), scale=float(scale), steps=steps,
-               through_unet=through_unet, generator=g, progress=False, callback=callback)
+    x = guided_sample(unet, scheduler, samplers.noise(unet, n, g), colour_loss(rgb), scale=float(scale), steps=steps,
+                      through_unet=through_unet, generator=g, progress=False, callback=callback)
     grid = viz.image_grid(x, nrow=n, scale=max(1, 64 // unet.config.sample_size))
     swatch = Image.new("RGB", (grid.height, grid.height), tuple(round(v * 255) for v in rgb))
     out = Image.new("RGB", (grid.width + swatch.width + 8, grid.height), "white")
     out.paste(swatch, (0, 0))
     out.paste(grid.convert("RGB"), (swatch.width + 8, 0))
     return out
-
-
-def colour_demo(unet, scheduler, *, steps: int = 20, n: int = 8, max_scale: float = 100.0):
-    """A Gradio app for colour-guided sampling: colour picker, guidance scale, seed -> samples.
-
-    Its prediction function is `app.fn` (callable without a server); start it with
-    `launch_demo(app)`, which serves on localhost only unless `share=True` is asked for.
-    """
-    import os
-
-    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no calls home: the course runs offline
-    try:
-        import gradio as gr
-    except ImportError:
-        raise ImportError("the demo needs Gradio: pip install 'coursekit[demo]' (or pip install gradio)") from None
-    if unet.config.in_channels != 3:
-        raise SamplerError("the colour demo needs an RGB model (3 channels)")
-
-    def predict(colour, scale, seed):
-        return colour_guided_grid(unet, scheduler, colour, scale, seed=seed, n=n, steps=steps)
-
-    return gr.Interface(
-        fn=predict,
-        inputs=[gr.ColorPicker(value="#2060ff", label="target colour"),
-                gr.Slider(0, max_scale, value=max_scale / 4, label="guidance scale"),
-                gr.Number(value=0, precision=0, label="seed")],
-        outputs=gr.Image(type="pil", label="swatch and samples"),
-        title="Colour guidance",
-        description="Each sampling step nudges the image toward the colour (coursekit.guidance.sample).",
-        flagging_mode="never",
-    )
-
-
-def launch_demo(app, share: bool = False, **kwargs):
-    """Serve a demo on 127.0.0.1; a public share link only when `share=True`."""
-    return app.launch(server_name="127.0.0.1", share=share, **kwargs)

@@ -1,7 +1,7 @@
 """The Hugging Face Hub repos the full track uses, and the revisions they are pinned to.
 
 Pins live in `hub_revisions.json` next to this file: repo id -> 40-hex commit. They are written
-by `python -m coursekit.hub pin` on a machine that reaches the Hub, so the course never guesses
+by `coursekit pin` on a machine that reaches the Hub, so the course never guesses
 a hash. coursekit loads only safetensors weights: where a model's `main` has only pickled
 weights, `pin` pins the Hub's own safetensors conversion of them instead (the pull request that
 its conversion bot opens, refs/pr/N), and fails, naming the repo, when there is none. A repo
@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import json
 import re
-import sys
+import socket
+import threading
 import warnings
 from pathlib import Path
 
@@ -92,10 +93,60 @@ def revision(repo_id: str) -> str:
     ref = SAFETENSORS_REFS.get(repo_id, "main")
     warnings.warn(
         f"{repo_id} has no pinned revision in {PINS_FILE.name}; loading {ref!r}. "
-        "Run `python -m coursekit.hub pin` on a machine with Hub access to pin it.",
+        "Run `coursekit pin` on a machine with Hub access to pin it.",
         stacklevel=2,
     )
     return ref
+
+
+HUB_HOST = ("huggingface.co", 443)
+
+
+def offline() -> bool:
+    """Whether huggingface_hub is in offline mode (HF_HUB_OFFLINE, read when it was imported)."""
+    from huggingface_hub import is_offline_mode
+
+    return is_offline_mode()
+
+
+def reachable(timeout: float = 2.0) -> bool:
+    """Whether huggingface.co answers a TCP connection within `timeout` seconds; False in offline
+    mode without trying. Name lookup can hang on a broken network, so the attempt runs in a
+    daemon thread and is abandoned after `timeout`."""
+    if offline():
+        return False
+    result: list[bool] = []
+
+    def attempt() -> None:
+        try:
+            with socket.create_connection(HUB_HOST, timeout=timeout):
+                result.append(True)
+        except OSError:
+            result.append(False)
+
+    worker = threading.Thread(target=attempt, daemon=True)
+    worker.start()
+    worker.join(timeout)
+    return bool(result and result[0])
+
+
+def why_unreachable() -> str:
+    """Why the Hub cannot be used now, for error messages."""
+    return "HF_HUB_OFFLINE is set" if offline() else "the Hub is unreachable"
+
+
+def is_cached(repo_id: str, repo_type: str = "model") -> bool:
+    """Whether `repo_id` at its pinned revision is in the local Hugging Face cache (another
+    revision does not count: loading asks for the pinned one)."""
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    ref = pins().get(repo_id) or SAFETENSORS_REFS.get(repo_id, "main")
+    try:
+        snapshot_download(repo_id, repo_type=repo_type, revision=ref, local_files_only=True)
+    except LocalEntryNotFoundError:
+        return False
+    return True
 
 
 class HubUnavailable(ValueError):
@@ -110,10 +161,8 @@ def fetch(repo_id: str, instead: str, repo_type: str = "model", **snapshot_kwarg
     """
     from huggingface_hub import snapshot_download
 
-    from . import tracks
-
-    if not tracks.is_cached(repo_id, repo_type) and not tracks.hub_reachable():
-        why = "HF_HUB_OFFLINE is set" if tracks.hub_offline_flag() else "the Hub is unreachable"
+    if not is_cached(repo_id, repo_type) and not reachable():
+        why = why_unreachable()
         raise HubUnavailable(f"the {repo_type} {repo_id} is not in the Hugging Face cache and {why}; {instead}, "
                              "or fetch it first on a machine with network access (`coursekit prefetch`)")
     return Path(snapshot_download(repo_id, repo_type=repo_type, revision=revision(repo_id), **snapshot_kwargs))
@@ -166,16 +215,15 @@ def pin(repos: tuple[str, ...] = MODELS + DATASETS, api=None) -> dict[str, str]:
     return found
 
 
-def main(argv=None, api=None) -> None:
-    """`python -m coursekit.hub pin`: pin every full-track repo; exits non-zero naming any model
-    with no safetensors revision (the others are pinned all the same)."""
-    if (sys.argv[1:] if argv is None else argv) != ["pin"]:
-        sys.exit("usage: python -m coursekit.hub pin")
-    try:
-        pin(api=api)
-    except NoSafetensors as e:
-        sys.exit(f"coursekit.hub pin: {e}")
+def add_commands(sub) -> None:
+    """`pin`: pin every full-track repo (models at a revision with safetensors)."""
+    p = sub.add_parser("pin", help="pin every full-track repo's revision in hub_revisions.json (needs the Hub)")
+    p.set_defaults(run=lambda args: pin(api=getattr(args, "api", None)) and None)
 
 
 if __name__ == "__main__":
-    main()
+    import sys
+
+    from .commands import run_commands
+
+    sys.exit(run_commands("python -m coursekit.hub", __doc__.split("\n")[0], [add_commands], default="pin"))

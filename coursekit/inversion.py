@@ -11,7 +11,9 @@ instead of inverting, then denoise.
 
 Conditions: `labels` for class-conditional UNets (classifier-free guidance with
 `guidance_scale`), or `text=(cond, uncond)` prompt embeddings for text-conditional UNets such as
-Stable Diffusion's (see `encode_prompt`).
+Stable Diffusion's (see `encode_prompt`); either way the noise estimate comes from one
+`coursekit.models.NoisePredictor`, and `invert` and `denoise` report each step through
+`callback(step, state)`, as every loop in coursekit does.
 """
 from __future__ import annotations
 
@@ -20,7 +22,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from .samplers import SamplerError, _check, predict_noise
+from .models import as_predictor
 
 
 class InversionError(ValueError):
@@ -77,27 +79,9 @@ def _ddim(scheduler, steps: int):
     return ddim
 
 
-def _eps(unet, x, t, labels, guidance_scale, text):
-    if text is None:
-        return predict_noise(unet, x, t, labels, guidance_scale)
-    cond, uncond = text
-    if guidance_scale == 1.0 or uncond is None:
-        return unet(x, t, encoder_hidden_states=cond.expand(len(x), -1, -1)).sample
-    both = unet(torch.cat([x, x]), t, encoder_hidden_states=torch.cat(
-        [cond.expand(len(x), -1, -1), uncond.expand(len(x), -1, -1)])).sample
-    c, u = both.chunk(2)
-    return u + guidance_scale * (c - u)
-
-
-def _prepare(unet, x, labels, guidance_scale, text):
-    if text is None:
-        return _check(unet, x, labels, guidance_scale)
-    return None
-
-
 @torch.no_grad()
 def invert(unet, scheduler, x0: torch.Tensor, *, steps: int = 50, labels=None, guidance_scale: float = 1.0,
-           text=None, latent: bool = False, progress: bool = True) -> Inversion:
+           text=None, latent: bool = False, progress: bool = True, callback=None) -> Inversion:
     """Run DDIM backwards from clean images (or VAE latents, `latent=True`) to noise.
 
     Step i goes from level t_{i-1} (the clean input for i = 1) up to t_i:
@@ -107,26 +91,28 @@ def invert(unet, scheduler, x0: torch.Tensor, *, steps: int = 50, labels=None, g
     from tqdm.auto import tqdm
 
     check_images(unet, x0, latent)
-    labels = _prepare(unet, x0, labels, guidance_scale, text)
+    predictor = as_predictor(unet, x0, labels=labels, text=text, guidance_scale=guidance_scale)
     ddim = _ddim(scheduler, steps)
     ab = ddim.alphas_cumprod.to(x0.device)
     upward = ddim.timesteps.flip(0).tolist()
     x, a_prev = x0, ddim.final_alpha_cumprod.to(x0.device)
     out = Inversion([x0.cpu()], [None])
-    for t in tqdm(upward, disable=not progress, desc="inverting", leave=False):
-        eps = _eps(unet, x, t, labels, guidance_scale, text)
+    for i, t in enumerate(tqdm(upward, disable=not progress, desc="inverting", leave=False)):
+        eps = predictor(x, t)
         x0_hat = (x - (1 - a_prev).sqrt() * eps) / a_prev.sqrt()
         a_t = ab[t]
         x = a_t.sqrt() * x0_hat + (1 - a_t).sqrt() * eps
         a_prev = a_t
         out.latents.append(x.cpu())
         out.timesteps.append(int(t))
+        if callback is not None:
+            callback(i, {"t": t, "x": x, "x0": x0_hat})
     return out
 
 
 @torch.no_grad()
 def denoise(unet, scheduler, x: torch.Tensor, *, steps: int = 50, k: int | None = None, labels=None,
-            guidance_scale: float = 1.0, text=None, progress: bool = True) -> torch.Tensor:
+            guidance_scale: float = 1.0, text=None, progress: bool = True, callback=None) -> torch.Tensor:
     """Deterministic DDIM from a latent at the level reached after k of `steps` inversion steps
     (k = steps: pure noise, the whole schedule) down to a clean image."""
     from tqdm.auto import tqdm
@@ -134,11 +120,13 @@ def denoise(unet, scheduler, x: torch.Tensor, *, steps: int = 50, k: int | None 
     k = steps if k is None else k
     if not 0 <= k <= steps:
         raise InversionError(f"k must be between 0 and {steps}, got {k}")
-    labels = _prepare(unet, x, labels, guidance_scale, text)
+    predictor = as_predictor(unet, x, labels=labels, text=text, guidance_scale=guidance_scale)
     ddim = _ddim(scheduler, steps)
-    for t in tqdm(ddim.timesteps[steps - k:], disable=not progress, desc="denoising", leave=False):
-        eps = _eps(unet, x, t, labels, guidance_scale, text)
-        x = ddim.step(eps, t, x, eta=0.0).prev_sample
+    for i, t in enumerate(tqdm(ddim.timesteps[steps - k:], disable=not progress, desc="denoising", leave=False)):
+        out = ddim.step(predictor(x, t), t, x, eta=0.0)
+        x = out.prev_sample
+        if callback is not None:
+            callback(i, {"t": t, "x": x, "x0": out.pred_original_sample})
     return x
 
 

@@ -1,8 +1,9 @@
-"""How good are the samples? An independent digit classifier and a Fréchet distance.
+"""How good are the samples? Independent judges (a digit classifier, a music-genre classifier) and
+Fréchet distances.
 
-The classifier is fit on real digits only (the track's own: scikit-learn's 8x8 digits, or MNIST),
-never on samples and never used to guide sampling, so it is an independent judge of whether a
-generated digit is the one asked for.
+Each judge is fit on real data only (digits: the track's own, scikit-learn's 8x8 digits or MNIST;
+music: real spectrogram slices), never on samples and never used to guide sampling, so it is an
+independent judge of whether a generated digit or clip is what was asked for.
 """
 from __future__ import annotations
 
@@ -68,7 +69,7 @@ def digit_judge(size: int = 16, seed: int = 0, dataset: str = "digits", limit: i
     digits of the track's own data."""
     from . import data
 
-    ds = data.load(dataset)
+    ds = data.load_dataset(dataset)
     return fit_judge(*data.tensors(ds.select(range(min(limit, len(ds)))), size, 1), seed=seed)
 
 
@@ -134,3 +135,43 @@ def pixel_fd(samples, reference, size: int = 8, dims: int = 10) -> float:
     dims = min(dims, len(a) - 1, len(b) - 1, b.shape[1])
     pca = PCA(dims, random_state=0).fit(b)
     return frechet_distance(pca.transform(a), pca.transform(b))
+
+
+@dataclass
+class GenreJudge:
+    """A logistic regression on `spectrogram_features`, fit on real slices only, to score
+    generated spectrograms by genre."""
+
+    model: object
+    held_out_accuracy: float
+
+    def predict(self, images) -> np.ndarray:
+        from .audio import spectrogram_features
+
+        return self.model.predict(spectrogram_features(images))
+
+    def share(self, images, genre: int) -> float:
+        """Share of `images` classified as `genre`."""
+        return float(np.mean(self.predict(images) == genre))
+
+
+@lru_cache(maxsize=None)
+def corpus_judge(preset: str = "small") -> GenreJudge:
+    """The genre judge fit on every slice of the small corpus (`coursekit.data.load_dataset('music')`)."""
+    from . import audio, data, music
+
+    images, labels = music.dataset_images(data.load_dataset("music"), audio.PRESETS[preset])
+    return genre_judge(images, labels)
+
+
+def genre_judge(images, labels, seed: int = 0) -> GenreJudge:
+    """Fit the judge on 80% of the slices and report its accuracy on the other 20%."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import train_test_split
+
+    from .audio import spectrogram_features
+
+    feats, y = spectrogram_features(images), _array(labels)
+    f_train, f_test, y_train, y_test = train_test_split(feats, y, test_size=0.2, random_state=seed, stratify=y)
+    model = LogisticRegression(max_iter=2000, C=1.0).fit(f_train, y_train)
+    return GenreJudge(model, float(model.score(f_test, y_test)))

@@ -6,8 +6,9 @@ weights in safetensors; each dataset has the real
 columns and feature types and a few dozen rows. `write(home)` puts them into the Hugging Face
 cache that `HF_HOME=home` reads, under the real repo ids, at the pinned revision when
 `coursekit.hub` has one and otherwise at a stand-in revision recorded in `home/standins.json`,
-so that coursekit's own loaders (`zoo.load`, `data.load`, `inversion.load_stable_diffusion`,
-`guidance.load_clip`, `audio.load_model`) read them exactly as they read the real repos.
+so that coursekit's own loaders (`models.load_model`, `data.load_dataset`,
+`inversion.load_stable_diffusion`, `guidance.load_clip`, `models.load_audio_model`) read them
+exactly as they read the real repos.
 
 The real configs are in `hub_configs/<owner>__<name>/`, as the repos hold them; `CONFIG_SOURCES`
 says where each came from. Where a value could not be established offline, the diffusers or
@@ -119,8 +120,9 @@ def _diffusers_model(repo: str, folder: Path, path: str) -> None:
     import torch
 
     cfg = config(repo, path)
-    torch.manual_seed(SEED)
-    model = getattr(diffusers, cfg["_class_name"]).from_config({k: v for k, v in cfg.items() if not k.startswith("_")})
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(SEED)
+        model = getattr(diffusers, cfg["_class_name"]).from_config({k: v for k, v in cfg.items() if not k.startswith("_")})
     _save_state(model, (folder / path).with_name("diffusion_pytorch_model.safetensors"))
     _json(folder / path, cfg)
 
@@ -129,9 +131,10 @@ def _transformers_model(folder: Path, cls_name: str, cfg: dict) -> None:
     import torch
     import transformers
 
-    torch.manual_seed(SEED)
     cls = getattr(transformers, cls_name)
-    model = cls(cls.config_class(**{k: v for k, v in cfg.items() if k not in ("architectures", "_name_or_path")}))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(SEED)
+        model = cls(cls.config_class(**{k: v for k, v in cfg.items() if k not in ("architectures", "_name_or_path")}))
     _save_state(model, folder / "model.safetensors")
     _json(folder / "config.json", cfg)
 

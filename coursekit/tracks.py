@@ -1,4 +1,4 @@
-"""Where the course runs: device, notebook host, Hub access, and the small/full track switch.
+"""Where the course runs: device, notebook host, and the small/full track switch.
 
 The small track runs offline on a CPU with bundled data and zoo checkpoints; the full track
 uses the course-scale Hub models on a CUDA GPU. `Settings` holds both sets of values side by side
@@ -16,13 +16,11 @@ from __future__ import annotations
 
 import os
 import random
-import socket
 import sys
-import threading
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 TRACKS = ("small", "full")
-HUB_HOST = ("huggingface.co", 443)
 REHEARSE_ENV = "COURSEKIT_REHEARSE"
 MPS_NOTE = ("Apple's MPS runs the small track unless COURSEKIT_TRACK=full asks for the full one: the full "
             "track's fp32 models are slow in a laptop's shared memory and its budgets are set for a CUDA T4")
@@ -51,44 +49,6 @@ def host() -> str:
     if os.environ.get("KAGGLE_KERNEL_RUN_TYPE") or os.path.isdir("/kaggle/working"):
         return "kaggle"
     return "local"
-
-
-def hub_offline_flag() -> bool:
-    """True when HF_HUB_OFFLINE asks huggingface_hub never to touch the network."""
-    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
-
-
-def hub_reachable(timeout: float = 2.0) -> bool:
-    """Whether huggingface.co answers a TCP connection within `timeout` seconds.
-
-    Honours HF_HUB_OFFLINE (no connection at all). Name lookup can hang on a broken network,
-    so the attempt runs in a daemon thread and is abandoned after `timeout`.
-    """
-    if hub_offline_flag():
-        return False
-    result: list[bool] = []
-
-    def attempt() -> None:
-        try:
-            with socket.create_connection(HUB_HOST, timeout=timeout):
-                result.append(True)
-        except OSError:
-            result.append(False)
-
-    worker = threading.Thread(target=attempt, daemon=True)
-    worker.start()
-    worker.join(timeout)
-    return bool(result and result[0])
-
-
-def is_cached(repo_id: str, repo_type: str = "model") -> bool:
-    """Whether any snapshot of `repo_id` is already in the local Hugging Face cache."""
-    from huggingface_hub import constants
-
-    folder = os.path.join(
-        constants.HF_HUB_CACHE, f"{repo_type}s--" + repo_id.replace("/", "--"), "snapshots"
-    )
-    return os.path.isdir(folder) and any(os.scandir(folder))
 
 
 def rehearsing() -> bool:
@@ -148,9 +108,11 @@ def missing_for_full(needs: list[tuple[str, str]] = (), *, check_hub: bool = Tru
         missing.append("a GPU (torch sees no CUDA device)")
     elif dev == "mps" and not allow_mps:
         missing.append(f"a CUDA GPU ({MPS_NOTE})")
-    uncached = [(r, t) for r, t in needs if not is_cached(r, t)]
-    if uncached and not (check_hub and hub_reachable()):
-        why = "HF_HUB_OFFLINE is set" if hub_offline_flag() else "the Hub is unreachable"
+    from . import hub
+
+    uncached = [(r, t) for r, t in needs if not hub.is_cached(r, t)]
+    if uncached and not (check_hub and hub.reachable()):
+        why = hub.why_unreachable()
         for repo, kind in uncached:
             missing.append(f"the {kind} {repo} (not in the Hugging Face cache and {why})")
     return missing
@@ -254,7 +216,21 @@ class Settings:
         return f"track: {self.track} ({where}, host: {host()})\n{self.table()}"
 
 
-def seed_everything(seed: int = 0) -> "torch.Generator":
+@contextmanager
+def torch_threads(n: int | None):
+    """Run the block with `n` torch threads (None: as it is), restoring the count afterwards."""
+    import torch
+
+    before = torch.get_num_threads()
+    if n:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def seed_everything(seed: int = 0):
     """Seed Python, NumPy and torch and ask torch for deterministic kernels.
 
     Returns a CPU torch.Generator seeded with `seed`, to pass to samplers and data loaders.

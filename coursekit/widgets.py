@@ -23,6 +23,7 @@ import time
 import torch
 
 from . import samplers
+from .models import null_label
 
 
 def enable_colab() -> None:
@@ -141,7 +142,7 @@ def sampler(unet, scheduler, *, n: int = 8, labels=None, guidance_scale: float =
         extra = {"eta": eta} if name == "ddim" else {}
         return samplers.sample(unet, samplers.scheduler_named(name, scheduler), x, steps=steps, labels=labels,
                                guidance_scale=guidance_scale, generator=g, progress=False,
-                               callback=lambda i, t, x, x0: tick(i, steps), **extra)
+                               callback=lambda step, state: tick(step, steps), **extra)
 
     ex = Explorer("Samplers: scheduler, steps and eta", controls, compute, lambda x: _grid_png(x), auto=False)
     ex.update()
@@ -156,12 +157,13 @@ def colour_guidance(unet, scheduler, *, n: int = 8, steps: int = 20, colour: str
     from . import guidance
 
     controls = {"colour": w.ColorPicker(value=colour, description="colour"),
-                "scale": w.FloatSlider(value=scale, min=0.0, max=max_scale, step=0.5, description="scale", continuous_update=False),
+                "scale": w.FloatSlider(value=scale, min=0.0, max=max_scale, step=0.5, description="scale",
+                                       continuous_update=False),
                 "seed": w.IntText(value=0, description="seed")}
 
     def compute(colour, scale, seed, tick):
         return guidance.colour_guided_grid(unet, scheduler, colour, scale, seed=seed, n=n, steps=steps,
-                                           callback=lambda i, t, x, x0: tick(i, steps))
+                                           callback=lambda step, state: tick(step, steps))
 
     ex = Explorer("Colour guidance: target colour and scale", controls, compute, _png, auto=False)
     ex.update()
@@ -193,7 +195,7 @@ def inversion_editor(unet, scheduler, images: torch.Tensor, labels: torch.Tensor
 
     from . import inversion as inv
 
-    classes = list(classes or range(int(samplers.null_label(unet) or 10)))
+    classes = list(classes or range(int(null_label(unet) or 10)))
     cache: dict = {}
     controls = {"index": w.IntSlider(value=0, min=0, max=len(images) - 1, description="image", continuous_update=False),
                 "k": w.IntSlider(value=k, min=0, max=steps, description="step k", continuous_update=False),
@@ -220,7 +222,7 @@ def audio_clip(unet, scheduler, preset, *, seed: int = 0, steps: int = 25, tick=
 
     g = torch.Generator().manual_seed(int(seed))
     image = samplers.ddim(unet, scheduler, samplers.noise(unet, 1, g), steps=steps, generator=g, progress=False,
-                          callback=(lambda i, t, x, x0: tick(i, steps)) if tick else None)[0].cpu()
+                          callback=(lambda step, state: tick(step, steps)) if tick else None)[0].cpu()
     return image, audio.from_image(image, preset, generator=torch.Generator().manual_seed(int(seed)))
 
 

@@ -1,17 +1,14 @@
-"""Small pretrained checkpoints that coursekit trains itself, and one loader for every model.
+"""The zoo: small pretrained checkpoints that coursekit trains itself, their recipes and cards.
 
 Each zoo checkpoint is a diffusers-format folder (`unet/` with config and safetensors,
 `scheduler/`, and a model card `README.md`) shipped inside the package, so `pip install`
-alone gives a working small track. Every checkpoint is retrained from its recipe with
+alone gives a working small track; `coursekit.models.load_model(name)` loads it, as it loads a
+folder or a Hub id. Every checkpoint is retrained from its recipe with
 
-    python -m coursekit.zoo train digits-cond
-
-`load()` takes a zoo name, a Hub id (pinned revision) or a local folder, and returns the UNet
-and its scheduler through one code path.
+    coursekit train digits-cond        (or: python -m coursekit.zoo train digits-cond)
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import platform
@@ -20,11 +17,12 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-ZOO_DIR = Path(__file__).with_name("checkpoints")
+from .models import CHECKPOINTS as ZOO_DIR
+from .models import ClassChannelsUNet, load_model, save_model
 
 
 class ZooError(ValueError):
-    """A model name or folder coursekit cannot load; the message says why and what to do."""
+    """A recipe or checkpoint name the zoo does not have; the message says why and what to do."""
 
 
 @dataclass(frozen=True)
@@ -102,111 +100,28 @@ RECIPES = {
     ),
 }
 
-CHANNELS_FILE = "class_channels.safetensors"
-
-
 def names() -> list[str]:
     return sorted(RECIPES)
 
 
 def build(recipe: Recipe):
-    """A freshly initialised UNet2DModel and DDPMScheduler for `recipe`."""
+    """A freshly initialised model and DDPMScheduler for `recipe`, the same for the same seed
+    (torch's global random state is left as it was)."""
     import torch
     from diffusers import DDPMScheduler, UNet2DModel
 
-    from .guidance import class_channels_unet
-
-    torch.manual_seed(recipe.seed)
-    if recipe.conditioning == "channels":
-        unet = class_channels_unet(recipe.size, recipe.channels, recipe.num_classes, **recipe.unet)
-    else:
-        extra = {"num_class_embeds": recipe.num_classes + 1} if recipe.conditional else {}
-        size = recipe.size if not recipe.audio_preset else recipe.shape
-        unet = UNet2DModel(sample_size=size, in_channels=recipe.channels,
-                           out_channels=recipe.channels, **recipe.unet, **extra)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(recipe.seed)
+        if recipe.conditioning == "channels":
+            unet = ClassChannelsUNet(sample_size=recipe.size, in_channels=recipe.channels,
+                                     num_class_embeds=recipe.num_classes + 1, unet_config=dict(recipe.unet))
+        else:
+            extra = {"num_class_embeds": recipe.num_classes + 1} if recipe.conditional else {}
+            size = recipe.size if not recipe.audio_preset else recipe.shape
+            unet = UNet2DModel(sample_size=size, in_channels=recipe.channels,
+                               out_channels=recipe.channels, **recipe.unet, **extra)
     scheduler = DDPMScheduler(num_train_timesteps=1000, beta_schedule=recipe.beta_schedule)
     return unet, scheduler
-
-
-def _resolve(name: str | os.PathLike) -> Path:
-    if str(name) in RECIPES or (ZOO_DIR / str(name) / "unet").is_dir():
-        folder = ZOO_DIR / str(name)
-        if not (folder / "unet").is_dir():
-            raise ZooError(f"zoo checkpoint {name!r} is missing from {ZOO_DIR}; "
-                           f"retrain it with `python -m coursekit.zoo train {name}`")
-        return folder
-    if os.path.isdir(name):
-        return Path(name)
-    name = str(name)
-    if name.count("/") == 1 and not name.startswith((".", "/")):
-        from . import hub
-
-        try:
-            return hub.fetch(name, f"use a zoo model ({', '.join(names())})",
-                             allow_patterns=hub.DIFFUSERS_FILES, ignore_patterns=hub.UNSAFE_WEIGHTS)
-        except hub.HubUnavailable as e:
-            raise ZooError(str(e)) from None
-    raise ZooError(f"unknown model {name!r}: not a zoo name ({', '.join(names())}), "
-                   "not a folder, and not a Hub id of the form 'org/name'")
-
-
-def load(name: str | os.PathLike, device: str = "cpu"):
-    """(unet, scheduler) from a zoo name, a Hub id (at its pinned revision) or a local folder.
-
-    The folder may hold `unet/` and `scheduler/` subfolders (pipeline layout) or the UNet's
-    config and weights at its top level (single-model layout). Only safetensors weights load.
-    """
-    import diffusers
-
-    folder = _resolve(name)
-    unet_dir = folder / "unet" if (folder / "unet" / "config.json").exists() else folder
-    sched_dir = folder / "scheduler" if (folder / "scheduler").is_dir() else folder
-    if not (unet_dir / "config.json").exists():
-        raise ZooError(f"{folder} has no UNet config (looked for unet/config.json and config.json)")
-    if not any(unet_dir.glob("*.safetensors")):
-        raise ZooError(f"{unet_dir} has no .safetensors weights; coursekit does not unpickle "
-                       "weights it did not write (convert them with safetensors first)")
-    config = json.loads((unet_dir / "config.json").read_text())
-    unet_cls = getattr(diffusers, config.get("_class_name", "UNet2DModel"))
-    unet = unet_cls.from_pretrained(unet_dir, use_safetensors=True).to(device).eval()
-    if (folder / CHANNELS_FILE).exists():
-        unet = _load_channels(unet, folder / CHANNELS_FILE).to(device).eval()
-    sched_file = sched_dir / "scheduler_config.json"
-    if not sched_file.exists():
-        raise ZooError(f"{folder} has no scheduler_config.json (looked in scheduler/ and the top level)")
-    sched_cls = getattr(diffusers, json.loads(sched_file.read_text()).get("_class_name", "DDPMScheduler"))
-    scheduler = sched_cls.from_pretrained(sched_dir)
-    return unet, scheduler
-
-
-def save(unet, scheduler, folder: str | os.PathLike) -> Path:
-    """Write a model in the layout `load` reads: unet/, scheduler/, and for class-channel models
-    the label embedding beside them in class_channels.safetensors."""
-    from safetensors.torch import save_file
-
-    from .guidance import ClassChannelsUNet
-
-    folder = Path(folder)
-    inner = unet.unet if isinstance(unet, ClassChannelsUNet) else unet
-    inner.save_pretrained(folder / "unet")
-    scheduler.save_pretrained(folder / "scheduler")
-    if isinstance(unet, ClassChannelsUNet):
-        save_file({"embed.weight": unet.embed.weight.detach().contiguous()}, folder / CHANNELS_FILE,
-                  metadata={"num_classes": str(unet.config.num_class_embeds - 1), "embed_dim": str(unet.config.embed_dim)})
-    return folder
-
-
-def _load_channels(inner, path: Path):
-    from safetensors import safe_open
-
-    from .guidance import ClassChannelsUNet
-
-    with safe_open(str(path), framework="pt") as f:
-        meta = f.metadata()
-        weight = f.get_tensor("embed.weight")
-    model = ClassChannelsUNet(inner, int(meta["num_classes"]), int(meta["embed_dim"]))
-    model.embed.load_state_dict({"weight": weight})
-    return model
 
 
 def training_images(recipe: Recipe):
@@ -214,11 +129,11 @@ def training_images(recipe: Recipe):
     from . import data
 
     if recipe.audio_preset:
-        from . import audio
+        from . import audio, music
 
-        images, _ = audio.dataset_images(data.load(recipe.dataset), audio.PRESETS[recipe.audio_preset], recipe.genre)
+        images, _ = music.dataset_images(data.load_dataset(recipe.dataset), audio.PRESETS[recipe.audio_preset], recipe.genre)
         return images, None
-    images, labels = data.tensors(data.load(recipe.dataset), recipe.size, recipe.channels)
+    images, labels = data.tensors(data.load_dataset(recipe.dataset), recipe.size, recipe.channels)
     return images, labels if recipe.conditional else None
 
 
@@ -231,22 +146,22 @@ def evaluate(unet, scheduler, recipe: Recipe, per_class: int = 50, seed: int = 1
 
     g = torch.Generator().manual_seed(seed)
     if recipe.audio_preset:
-        from . import audio
+        from . import music
 
         n = per_class * 2
         x = samplers.ddim(unet, scheduler, samplers.noise(unet, n, g), steps=recipe.eval_steps, generator=g, progress=False)
         real, _ = training_images(recipe)
-        judge = audio.corpus_judge(recipe.audio_preset)
+        judge = metrics.corpus_judge(recipe.audio_preset)
         return {"samples": n, "sampler": f"DDIM, {recipe.eval_steps} steps, eta 0",
                 "genre_judge_held_out_accuracy": round(judge.held_out_accuracy, 4),
-                f"share judged {recipe.genre}": round(judge.share(x, audio.GENRES.index(recipe.genre)), 4),
+                f"share judged {recipe.genre}": round(judge.share(x, music.GENRES.index(recipe.genre)), 4),
                 f"pixel_fd to {recipe.genre} spectrograms": round(metrics.pixel_fd(x, real), 3)}
     n = per_class * 10
     if recipe.dataset != "digits":
         from . import data
 
         x = samplers.ddim(unet, scheduler, samplers.noise(unet, n, g), steps=recipe.eval_steps, generator=g, progress=False)
-        real, _ = data.tensors(data.load(recipe.dataset), recipe.size, recipe.channels)
+        real, _ = data.tensors(data.load_dataset(recipe.dataset), recipe.size, recipe.channels)
         return {"samples": n, "sampler": f"DDIM, {recipe.eval_steps} steps, eta 0",
                 f"pixel_fd to {recipe.dataset}": round(metrics.pixel_fd(x, real), 3)}
     judge = metrics.digit_judge(recipe.size)
@@ -265,18 +180,19 @@ def evaluate(unet, scheduler, recipe: Recipe, per_class: int = 50, seed: int = 1
 def _card(name: str, recipe: Recipe, n_params: int, seconds: float, steps: int, quality: dict) -> str:
     rows = "\n".join(f"| {k} | {v} |" for k, v in quality.items())
     sweep = (f" The guidance scale ({recipe.eval_guidance}) was chosen by sweeping it after training; "
-             "re-measure with `python -m coursekit.zoo evaluate " + name + "`." if recipe.conditional else "")
-    model = ("diffusers `UNet2DModel` inside `coursekit.guidance.ClassChannelsUNet` (label embedding in "
-             f"`{CHANNELS_FILE}`)" if recipe.conditioning == "channels" else "diffusers `UNet2DModel`")
+             "re-measure with `coursekit evaluate " + name + "`." if recipe.conditional else "")
+    model = ("`coursekit.models.ClassChannelsUNet` (a diffusers `UNet2DModel` with the label as extra input "
+             "channels)" if recipe.conditioning == "channels" else "diffusers `UNet2DModel`")
     judged = ("Judged by `coursekit.metrics.digit_judge()`, a classifier fit on real digits only." if recipe.dataset == "digits"
-              else "`coursekit.audio.corpus_judge()`, a genre classifier fit on real slices only, and pixel FD to the "
+              else "`coursekit.metrics.corpus_judge()`, a genre classifier fit on real slices only, and pixel FD to the "
                    "training spectrograms." if recipe.audio_preset
               else "`coursekit.metrics.pixel_fd` between samples and the training set (lower is closer).")
     height, width = recipe.shape
-    data_line = (f"`coursekit.audio.dataset_images(coursekit.data.load({recipe.dataset!r}), PRESETS[{recipe.audio_preset!r}], "
-                 f"{recipe.genre!r})`: {height} mel rows x {width} frames, values in [-1, 1]; the mel settings are in "
-                 "`mel_config.json`." if recipe.audio_preset else
-                 f"`coursekit.data.load({recipe.dataset!r})`, {height}x{width}, {recipe.channels} channel(s), values in [-1, 1].")
+    data_line = (f"`coursekit.music.dataset_images(coursekit.data.load_dataset({recipe.dataset!r}), "
+                 f"PRESETS[{recipe.audio_preset!r}], {recipe.genre!r})`: {height} mel rows x {width} frames, values in "
+                 "[-1, 1]; the mel settings are in `mel_config.json`." if recipe.audio_preset else
+                 f"`coursekit.data.load_dataset({recipe.dataset!r})`, {height}x{width}, {recipe.channels} channel(s), "
+                 "values in [-1, 1].")
     return f"""---
 library_name: diffusers
 tags: [coursekit, diffusion, small-track]
@@ -287,9 +203,11 @@ tags: [coursekit, diffusion, small-track]
 
 - **Data**: {data_line}
 - **Model**: {model}, {n_params:,} parameters; `DDPMScheduler` with the `{recipe.beta_schedule}` schedule, 1000 training steps.
-- **Recipe**: {steps} optimizer steps, batch {recipe.batch_size}, AdamW lr {recipe.lr} (cosine, {recipe.warmup} warm-up steps), EMA {recipe.ema_decay}, label dropout {recipe.p_uncond}, seed {recipe.seed}. Full recipe: `coursekit.zoo.RECIPES[{name!r}]`.
+- **Recipe**: {steps} optimizer steps, batch {recipe.batch_size}, AdamW lr {recipe.lr} (cosine, {recipe.warmup} warm-up
+  steps), EMA {recipe.ema_decay}, label dropout {recipe.p_uncond}, seed {recipe.seed}.
+  Full recipe: `coursekit.zoo.RECIPES[{name!r}]`.
 - **Training time**: {seconds / 60:.1f} minutes on {platform.machine()} CPU, one torch thread.
-- **Reproduce**: `python -m coursekit.zoo train {name}`
+- **Reproduce**: `coursekit train {name}`
 
 ## Measured quality
 {judged}{sweep}
@@ -314,70 +232,74 @@ def reevaluate(name: str, folder: str | os.PathLike | None = None, per_class: in
     """Measure a trained checkpoint again with its recipe's evaluation settings; rewrite its card."""
     out = Path(folder) if folder else ZOO_DIR / name
     done = json.loads((out / "recipe.json").read_text())
-    unet, scheduler = load(out)
+    unet, scheduler = load_model(out)
     quality = evaluate(unet, scheduler, RECIPES[name], per_class=per_class)
     write_card(out, name, unet, done["steps"], done["train_seconds"], quality)
     return quality
 
 
-def train(name: str, out: str | os.PathLike | None = None, steps: int | None = None,
-          threads: int | None = None, evaluate_after: bool = True, progress: bool = True) -> Path:
-    """Retrain zoo checkpoint `name` from its recipe into `out` (default: the package's zoo folder)."""
-    import torch
-
+def train_checkpoint(name: str, out: str | os.PathLike | None = None, steps: int | None = None,
+                     threads: int | None = None, evaluate_after: bool = True, progress: bool = True) -> Path:
+    """Retrain zoo checkpoint `name` from its recipe into `out` (default: the package's zoo folder),
+    with `threads` torch threads for the run."""
     from . import train as training
+    from .tracks import torch_threads
 
     if name not in RECIPES:
         raise ZooError(f"no recipe named {name!r}; known: {', '.join(names())}")
-    if threads:
-        torch.set_num_threads(threads)
     recipe = RECIPES[name]
     out = Path(out) if out else ZOO_DIR / name
     steps = steps or recipe.steps
     unet, scheduler = build(recipe)
     images, labels = training_images(recipe)
     work = out.with_name(out.name + ".work")
-    result = training.train(unet, scheduler, images, labels,
-                            steps=steps, batch_size=recipe.batch_size, lr=recipe.lr,
-                            warmup=min(recipe.warmup, steps // 2), ema_decay=recipe.ema_decay,
-                            p_uncond=recipe.p_uncond, seed=recipe.seed, out_dir=work,
-                            progress=progress)
-    model = result.best
-    save(model, scheduler, out)
-    if recipe.audio_preset:
-        from . import audio
+    with torch_threads(threads):
+        result = training.train(unet, scheduler, images, labels,
+                                steps=steps, batch_size=recipe.batch_size, lr=recipe.lr,
+                                warmup=min(recipe.warmup, steps // 2), ema_decay=recipe.ema_decay,
+                                p_uncond=recipe.p_uncond, seed=recipe.seed, out_dir=work,
+                                progress=progress)
+        model = result.best
+        save_model(model, scheduler, out)
+        if recipe.audio_preset:
+            from . import audio
 
-        (out / "mel_config.json").write_text(json.dumps(audio.mel_config(audio.PRESETS[recipe.audio_preset]), indent=2) + "\n")
-    write_card(out, name, model, steps, result.seconds, evaluate(model, scheduler, recipe) if evaluate_after else {})
+            mel = audio.mel_config(audio.PRESETS[recipe.audio_preset])
+            (out / "mel_config.json").write_text(json.dumps(mel, indent=2) + "\n")
+        write_card(out, name, model, steps, result.seconds, evaluate(model, scheduler, recipe) if evaluate_after else {})
     shutil.rmtree(work, ignore_errors=True)
     return out
 
 
-def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m coursekit.zoo", description=__doc__.split("\n")[0])
-    sub = parser.add_subparsers(dest="command", required=True)
-    t = sub.add_parser("train", help="retrain a zoo checkpoint from its recipe")
-    t.add_argument("name", choices=names())
+def add_commands(sub) -> None:
+    """`train NAME` (retrain a checkpoint from its recipe, or `--list` them) and `evaluate NAME`."""
+    t = sub.add_parser("train", help="retrain a zoo checkpoint from its recipe (--list: the recipes)")
+    t.add_argument("name", nargs="?", choices=names())
+    t.add_argument("--list", action="store_true", help="list the recipes and stop")
     t.add_argument("--out", help="output folder (default: the package's own zoo folder)")
     t.add_argument("--steps", type=int, help="override the recipe's step count (for quick checks)")
     t.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     t.add_argument("--no-eval", action="store_true", help="skip the quality evaluation")
+    t.set_defaults(run=_train_command)
     e = sub.add_parser("evaluate", help="measure a trained checkpoint again and rewrite its model card")
     e.add_argument("name", choices=names())
     e.add_argument("--folder", help="checkpoint folder (default: the package's own)")
-    sub.add_parser("list", help="list the zoo's checkpoints")
-    args = parser.parse_args(argv)
-    if args.command == "list":
+    e.set_defaults(run=lambda args: print(json.dumps(reevaluate(args.name, args.folder), indent=2)))
+
+
+def _train_command(args) -> None:
+    if args.list or not args.name:
         for n in names():
             print(f"{n}: {RECIPES[n].description}")
         return
-    if args.command == "evaluate":
-        print(json.dumps(reevaluate(args.name, args.folder), indent=2))
-        return
     began = time.perf_counter()
-    path = train(args.name, args.out, args.steps, args.threads, evaluate_after=not args.no_eval)
+    path = train_checkpoint(args.name, args.out, args.steps, args.threads, evaluate_after=not args.no_eval)
     print(f"wrote {path} in {time.perf_counter() - began:.0f} s")
 
 
 if __name__ == "__main__":
-    main()
+    import sys
+
+    from .commands import run_commands
+
+    sys.exit(run_commands("python -m coursekit.zoo", __doc__.split("\n")[0], [add_commands]))

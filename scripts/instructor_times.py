@@ -54,7 +54,8 @@ def main(argv=None):
     measured = re.search(r"_Small track measured on: (.*?)_", note)
     small_where = small_machine or (measured.group(1) if measured else "")
     block = f"\n{table}\n\n_Small track measured on: {small_where}_\n"
-    guide.write_text(re.sub(r"<!-- times -->.*<!-- /times -->", lambda _: f"<!-- times -->{block}<!-- /times -->", text, flags=re.S))
+    marked = lambda _: f"<!-- times -->{block}<!-- /times -->"
+    guide.write_text(re.sub(r"<!-- times -->.*<!-- /times -->", marked, text, flags=re.S))
     print(table)
 
 

@@ -35,13 +35,15 @@ def save_flat_layout(folder: Path, unet, scheduler) -> Path:
     return folder
 
 
-def fake_hub_snapshot(cache: Path, repo_id: str, revision: str, kind: str = "model") -> Path:
-    """An empty snapshot folder laid out as huggingface_hub's cache lays it out."""
+def fake_hub_snapshot(cache: Path, repo_id: str, revision: str, kind: str = "model", refs: bool = True) -> Path:
+    """An empty snapshot folder laid out as huggingface_hub's cache lays it out (with refs/main
+    naming it unless `refs` is False)."""
     repo = cache / (f"{kind}s--" + repo_id.replace("/", "--"))
     snap = repo / "snapshots" / revision
     snap.mkdir(parents=True)
-    (repo / "refs").mkdir()
-    (repo / "refs" / "main").write_text(revision)
+    if refs:
+        (repo / "refs").mkdir(exist_ok=True)
+        (repo / "refs" / "main").write_text(revision)
     return snap
 
 

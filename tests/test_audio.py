@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from coursekit import audio, data
+from coursekit import audio, data, metrics, models, music
 from tests.helpers import save_pipeline_layout, tiny_scheduler, tiny_unet
 
 P = audio.PRESETS["small"]
@@ -101,23 +101,23 @@ def test_slices_and_join():
 
 def test_music_corpus_renders_two_genres_and_caches(tmp_path, monkeypatch):
     monkeypatch.setenv("COURSEKIT_CACHE", str(tmp_path))
-    first = audio.music_corpus(per_genre=2)
+    first = music.music_corpus(per_genre=2)
     assert sorted(first["genre"]) == [0, 0, 1, 1]
     assert all(w.dtype == np.float32 and len(w) > 2 * 8000 and np.abs(w).max() <= 0.91 for w in first["wave"])
     assert list(tmp_path.glob("music-*.npz"))
-    again = audio.music_corpus(per_genre=2)
+    again = music.music_corpus(per_genre=2)
     assert all(np.array_equal(a, b) for a, b in zip(first["wave"], again["wave"]))
-    images, labels = audio.spectrogram_dataset(first, P)
+    images, labels = music.spectrogram_dataset(first, P)
     assert images.shape[1:] == (1, P.n_mels, P.frames) and set(labels.tolist()) == {0, 1}
 
 
 def test_music_is_a_dataset_with_audio_and_genre(tmp_path, monkeypatch):
     monkeypatch.setenv("COURSEKIT_CACHE", str(tmp_path))
-    monkeypatch.setattr(audio, "music_corpus", lambda: {"wave": [np.zeros(9000, np.float32) + 0.1] * 2,
+    monkeypatch.setattr(music, "music_corpus", lambda: {"wave": [np.zeros(9000, np.float32) + 0.1] * 2,
                                                         "genre": [0, 1], "title": ["a", "b"]})
     data._music.cache_clear()
     try:
-        ds = data.load("music")
+        ds = data.load_dataset("music")
         assert ds.column_names == ["audio", "sampling_rate", "label", "title"]
         assert ds.features["label"].names == ["chorale", "fiddle"] and ds[0]["sampling_rate"] == 8000
         assert len(ds[1]["audio"]) == 9000
@@ -131,15 +131,15 @@ def test_audio_checkpoint_loads_as_unet_scheduler_and_mel_settings(tmp_path):
     (folder / "mel").mkdir()
     (folder / "mel" / "mel_config.json").write_text(json.dumps(
         {"x_res": 8, "y_res": 8, "sample_rate": 22050, "n_fft": 2048, "hop_length": 512, "top_db": 80, "n_iter": 32}))
-    unet, scheduler, preset = audio.load_model(str(folder))
+    unet, scheduler, preset = models.load_audio_model(str(folder))
     assert preset == audio.MelPreset(22050, 2048, 512, 8, 8, 80.0, 32)
     assert unet.config.sample_size == 8 and type(scheduler).__name__ == "DDPMScheduler"
 
 
 def test_genre_judge_tells_the_rendered_genres_apart(tmp_path, monkeypatch):
     monkeypatch.setenv("COURSEKIT_CACHE", str(tmp_path))
-    images, labels = audio.spectrogram_dataset(audio.music_corpus(per_genre=4), P)
-    judge = audio.genre_judge(images, labels)
+    images, labels = music.spectrogram_dataset(music.music_corpus(per_genre=4), P)
+    judge = metrics.genre_judge(images, labels)
     assert judge.held_out_accuracy > 0.9
     assert judge.share(images[labels == 1], 1) > 0.9 and judge.share(images[labels == 0], 1) < 0.1
     silence_like = -torch.ones(5, 1, P.n_mels, P.frames)
@@ -147,7 +147,8 @@ def test_genre_judge_tells_the_rendered_genres_apart(tmp_path, monkeypatch):
 
 
 def _fake_music(monkeypatch, waves, genres):
-    monkeypatch.setattr(audio, "music_corpus", lambda: {"wave": waves, "genre": genres, "title": [str(i) for i in range(len(waves))]})
+    corpus = {"wave": waves, "genre": genres, "title": [str(i) for i in range(len(waves))]}
+    monkeypatch.setattr(music, "music_corpus", lambda: corpus)
     data._music.cache_clear()
 
 
@@ -155,14 +156,14 @@ def test_dataset_images_keeps_one_genre_by_name_and_refuses_unknown_ones(monkeyp
     low, high, short = tone(200, 2.5).numpy(), tone(1500, 3.5).numpy(), tone(300, 0.3).numpy()
     _fake_music(monkeypatch, [low, high, short, high], [0, 1, 0, 1])
     try:
-        ds = data.load("music")
-        images, labels = audio.dataset_images(ds, P, "fiddle")
+        ds = data.load_dataset("music")
+        images, labels = music.dataset_images(ds, P, "fiddle")
         assert images.shape == (6, 1, P.n_mels, P.frames) and labels.tolist() == [1] * 6
         torch.testing.assert_close(images[0], audio.to_image(torch.from_numpy(high[:P.slice_samples]), P))
-        assert len(audio.dataset_images(ds, P, "fiddle", pieces=1)[0]) == 3
-        assert len(audio.dataset_images(ds, P)[0]) == 8  # the too-short piece gives no slice
+        assert len(music.dataset_images(ds, P, "fiddle", pieces=1)[0]) == 3
+        assert len(music.dataset_images(ds, P)[0]) == 8  # the too-short piece gives no slice
         with pytest.raises(audio.AudioError, match="unknown genre 'jazz'.*chorale, fiddle"):
-            audio.dataset_images(ds, P, "jazz")
+            music.dataset_images(ds, P, "jazz")
     finally:
         data._music.cache_clear()
 
@@ -196,18 +197,18 @@ def test_full_track_music_dataset_decodes_to_the_small_sets_columns(tmp_path, mo
     genres.to_parquet(str(snapshot / "data" / "train-00000-of-00001.parquet"))
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
     monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "datasets")
-    ds = data.load("music_genres")
+    ds = data.load_dataset("music_genres")
     assert ds.features["label"].names == ["Hip-Hop", "Jazz"] and ds.column_names == ["audio", "label"]
     row = ds[1]
     assert row["sampling_rate"] == 22050 and np.asarray(row["audio"]).ndim == 1 and len(row["audio"]) == 44100
-    images, labels = audio.dataset_images(ds, P, "Jazz")
+    images, labels = music.dataset_images(ds, P, "Jazz")
     per_clip = len(audio.slices(torch.zeros(int(2.0 * P.sample_rate)), P))
     assert len(images) == 2 * per_clip and set(labels.tolist()) == {1}
 
 
 def test_full_track_music_dataset_offline_names_the_small_set():
-    with pytest.raises(data.DataError, match=r"lewtun/music_genres_small .*data.load\('music'\)"):
-        data.load("music_genres")
+    with pytest.raises(data.DataError, match=r"lewtun/music_genres_small .*data.load_dataset\('music'\)"):
+        data.load_dataset("music_genres")
 
 
 def test_mel_config_round_trips_through_preset_from_config():

@@ -128,7 +128,8 @@ def test_griffin_lim_round_trip_is_the_references(preset):
     apart = np.abs(our_back - ref_back).mean()
     ours_lost, ref_lost = np.abs(our_back - grey).mean(), np.abs(ref_back - grey).mean()
     assert apart < 4, f"re-imaged round trips {apart:.1f} grey levels apart on average"
-    assert ours_lost < 1.1 * ref_lost + 1, f"coursekit's round trip loses {ours_lost:.1f} grey levels, the reference's {ref_lost:.1f}"
+    assert ours_lost < 1.1 * ref_lost + 1, \
+        f"coursekit's round trip loses {ours_lost:.1f} grey levels, the reference's {ref_lost:.1f}"
 
 
 @pytest.mark.parametrize("preset", PRESETS)

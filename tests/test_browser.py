@@ -23,7 +23,7 @@ pytestmark = pytest.mark.browser
 TOKEN = "coursekit-browser-test"
 EXPLORER = """\
 from coursekit import data, widgets
-x0, _ = data.tensors(data.load("digits"), 16, 1)
+x0, _ = data.tensors(data.load_dataset("digits"), 16, 1)
 ex = widgets.noise_schedule(x0[:4], t=50)
 ex"""
 
@@ -102,8 +102,8 @@ def shot(element) -> np.ndarray:
 
 
 def test_explorer_slider_changes_the_picture_in_jupyterlab(lab, browser, tmp_path):
-    from selenium.webdriver.common.by import By
     from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
 
     browser.get(f"{lab}/lab/tree/explore.ipynb?token={TOKEN}")
     wait_for(lambda: browser.execute_script(

@@ -35,7 +35,7 @@ def test_run_writes_executed_notebooks_html_and_an_index(tmp_path):
 def test_run_refuses_a_path_that_is_not_a_notebook(tmp_path):
     import pytest
 
-    with pytest.raises(SystemExit, match="neither a notebook nor a folder"):
+    with pytest.raises(cli.CommandError, match="neither a notebook nor a folder"):
         cli.find_notebooks([str(tmp_path / "missing.txt")])
 
 
@@ -45,7 +45,8 @@ ROOT = __import__("pathlib").Path(__file__).parent.parent
 def test_notebook_settings_and_needs_are_read_without_running(tmp_path):
     nb = write(tmp_path / "s.ipynb", "from coursekit import tracks\n"
                "S = tracks.Settings(model=('digits-cond', 'org/model'), dataset=('digits', 'org/data'), steps=(5, 50))")
-    assert cli.notebook_settings(nb) == {"model": ("digits-cond", "org/model"), "dataset": ("digits", "org/data"), "steps": (5, 50)}
+    assert cli.notebook_settings(nb) == {"model": ("digits-cond", "org/model"), "dataset": ("digits", "org/data"),
+                                         "steps": (5, 50)}
     assert cli.notebook_needs(nb) == [("org/model", "model"), ("org/data", "dataset")]
     audio_needs = cli.notebook_needs(ROOT / "units" / "unit4" / "02_diffusion_for_audio.ipynb")
     assert audio_needs == [("kmpartner/audio-diffusion-electronic", "model"), ("lewtun/music_genres_small", "dataset")]
@@ -66,21 +67,21 @@ def test_doctor_offline_on_cpu_says_small_track_for_every_notebook(capsys, monke
 
 
 def test_doctor_sees_the_full_track_with_a_gpu_and_cached_repos(monkeypatch):
-    from coursekit import tracks
+    from coursekit import hub, tracks
 
     monkeypatch.setattr(tracks, "device", lambda: "cuda")
-    monkeypatch.setattr(tracks, "is_cached", lambda repo, kind="model": True)
+    monkeypatch.setattr(hub, "is_cached", lambda repo, kind="model": True)
     report = cli.doctor([str(ROOT / "units")])
     assert report["track_picked"] == "full" and report["verdict"] == "ready for the full track on cuda"
     assert all(report["cached"].values())
 
 
 def test_doctor_on_a_mac_says_why_mps_gets_the_small_track(monkeypatch):
-    from coursekit import tracks
+    from coursekit import hub, tracks
 
     monkeypatch.delenv("COURSEKIT_TRACK", raising=False)
     monkeypatch.setattr(tracks, "device", lambda: "mps")
-    monkeypatch.setattr(tracks, "is_cached", lambda repo, kind="model": True)
+    monkeypatch.setattr(hub, "is_cached", lambda repo, kind="model": True)
     report = cli.doctor([str(ROOT / "units")])
     assert report["track_picked"] == "small" and "COURSEKIT_TRACK=full" in report["verdict"]
     assert "T4" in report["verdict"] and all("MPS" in n["full"] for n in report["notebooks"] if n["needs"])
@@ -90,7 +91,7 @@ def test_prefetch_offline_fails_fast_and_writes_nothing(tmp_path, monkeypatch, c
     import pytest
 
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
-    with pytest.raises(SystemExit, match="cannot be reached|HF_HUB_OFFLINE.*nothing was downloaded"):
+    with pytest.raises(cli.CommandError, match="(HF_HUB_OFFLINE is set|the Hub is unreachable), so nothing was downloaded"):
         cli.prefetch()
     assert not (tmp_path / "hf").exists()
 
@@ -98,7 +99,7 @@ def test_prefetch_offline_fails_fast_and_writes_nothing(tmp_path, monkeypatch, c
 def test_prefetch_downloads_pinned_revisions_verifies_and_prints_sizes(tmp_path, monkeypatch, capsys):
     import huggingface_hub
 
-    from coursekit import hub, tracks
+    from coursekit import hub
 
     calls = []
 
@@ -110,7 +111,7 @@ def test_prefetch_downloads_pinned_revisions_verifies_and_prints_sizes(tmp_path,
             (folder / "weights.safetensors").write_bytes(b"0" * 2_000_000)
         return str(folder)
 
-    monkeypatch.setattr(tracks, "hub_reachable", lambda timeout=2.0: True)
+    monkeypatch.setattr(hub, "reachable", lambda timeout=2.0: True)
     plan = cli.prefetch_plan(unit=4, root=str(ROOT / "units"))
     pins = {repo: f"{i:x}" * 40 for i, (repo, _) in enumerate(plan, start=10)}
     monkeypatch.setattr(hub, "pins", lambda: pins)
@@ -131,7 +132,7 @@ def test_prefetch_downloads_pinned_revisions_verifies_and_prints_sizes(tmp_path,
 def test_prefetch_of_an_unknown_unit_names_the_units():
     import pytest
 
-    with pytest.raises(SystemExit, match="no .*unit9; units are unit1, unit2, unit4"):
+    with pytest.raises(cli.CommandError, match="no .*unit9; units are unit1, unit2, unit4"):
         cli.prefetch_plan(unit=9, root=str(ROOT / "units"))
 
 
@@ -153,7 +154,8 @@ def test_instructor_times_come_from_coursekit_runs(tmp_path):
     assert "| `unit2/b.ipynb` | failed (failed: CellExecutionError: boom) | not run yet |" in text
     assert "_Small track measured on: x86_64, 2 cores_" in text and text.endswith("more text\n")
     full = tmp_path / "full.json"
-    full.write_text(json.dumps({"track": "full", "notebooks": [{"notebook": "units/unit1/a.ipynb", "seconds": 600.0, "status": "ok"}]}))
+    full.write_text(json.dumps({"track": "full", "notebooks": [
+        {"notebook": "units/unit1/a.ipynb", "seconds": 600.0, "status": "ok"}]}))
     instructor_times.main(["--full", str(full), "--guide", str(guide)])
     assert "| `unit1/a.ipynb` | 1.5 min | 10.0 min |" in guide.read_text()
     assert "| the whole course, run end to end | 2.0 min | 10.0 min |" in guide.read_text()
@@ -180,7 +182,8 @@ def test_rehearsal_runs_the_full_track_code_on_stand_ins_and_restores_the_enviro
 
     before = {k: os.environ.get(k) for k in ("HF_HOME", "COURSEKIT_TRACK", "COURSEKIT_REHEARSE")}
     nb = _settings_notebook(tmp_path / "r.ipynb",
-                            "from coursekit import data, zoo\nunet, _ = zoo.load(S.model)\nds = data.load(S.dataset)\n"
+                            "from coursekit import data, models\nunet, _ = models.load_model(S.model)\n"
+                            "ds = data.load_dataset(S.dataset)\n"
                             "print(type(unet).__name__, unet.config.sample_size, ds.column_names, len(ds))")
     code, run, executed = _rehearse(monkeypatch, tmp_path, nb, ["google/ddpm-cat-256", "ylecun/mnist"])
     assert code == 0 and run["track"] == "full (rehearsal)" and run["notebooks"][0]["status"] == "ok"
@@ -210,5 +213,23 @@ def test_rehearsal_without_a_stand_in_fails_naming_the_repo(tmp_path, monkeypatc
 def test_rehearse_refuses_the_small_track(tmp_path):
     import pytest
 
-    with pytest.raises(SystemExit, match="--rehearse rehearses the full track"):
+    with pytest.raises(cli.CommandError, match="--rehearse rehearses the full track"):
         cli.cmd_run(type("A", (), {"paths": [], "track": "small", "rehearse": True, "out": str(tmp_path), "timeout": 5})())
+
+
+def test_every_command_is_a_coursekit_subcommand_in_one_style(capsys, tmp_path, monkeypatch):
+    import subprocess
+    import sys
+
+    import pytest
+
+    for argv, seen in ((["train", "--list"], "digits-cond:"), (["distill", "--list"], "64 -> 4 steps")):
+        assert cli.main(argv) == 0 and seen in capsys.readouterr().out
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    with pytest.raises(SystemExit, match=r"^coursekit prefetch: .*nothing was downloaded"):
+        cli.main(["prefetch"])
+    with pytest.raises(SystemExit, match=r"^coursekit finetune: .*3 channel\(s\) \(RGB\) but the model takes 1"):
+        cli.main(["finetune", "--model", "digits-uncond", "--dataset", "photo-crops", "--out", str(tmp_path / "run")])
+    module = subprocess.run([sys.executable, "-m", "coursekit.zoo", "train", "--list"], capture_output=True, text=True,
+                            cwd=ROOT)
+    assert module.returncode == 0 and "digits-cond:" in module.stdout, "python -m still works, with the same commands"

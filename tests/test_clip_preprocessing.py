@@ -130,7 +130,7 @@ def test_gradients_flow_through_clip_pixels():
     # the analytic gradient equals finite differences, shrinking and enlarging, away from the clipping
     for shape, edge in [((1, 3, 7, 11), 5), ((2, 3, 6, 5), 9)]:
         small = (torch.rand(shape, dtype=torch.float64, generator=torch.Generator().manual_seed(0)) - 0.5)
-        assert torch.autograd.gradcheck(lambda t: guidance.clip_pixels(t, edge), (small.requires_grad_(True),))
+        assert torch.autograd.gradcheck(lambda t, edge=edge: guidance.clip_pixels(t, edge), (small.requires_grad_(True),))
 
 
 def test_clip_loss_prepares_every_square_cutout_with_clip_pixels(monkeypatch, tmp_path):

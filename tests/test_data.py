@@ -6,7 +6,7 @@ from coursekit import data
 
 
 def test_digits_have_images_and_labels():
-    ds = data.load("digits")
+    ds = data.load_dataset("digits")
     assert ds.column_names == ["image", "label"]
     assert len(ds) == 1797
     assert ds.features["label"].names == [str(i) for i in range(10)]
@@ -16,7 +16,7 @@ def test_digits_have_images_and_labels():
 
 
 def test_photo_crops_are_a_colour_set_with_the_same_columns():
-    ds = data.load("photo-crops")
+    ds = data.load_dataset("photo-crops")
     assert ds.column_names == ["image", "label"]
     assert len(ds) > 200
     assert ds[0]["image"].mode == "RGB" and ds[0]["image"].size == (32, 32)
@@ -27,7 +27,7 @@ def test_flower_crops_differ_visibly_from_the_photo_crops():
     """The fine-tuning target: one photo's crops, with colour statistics unlike the pretraining set's."""
     from coursekit import metrics
 
-    flowers, photos = data.load("flower-crops"), data.load("photo-crops")
+    flowers, photos = data.load_dataset("flower-crops"), data.load_dataset("photo-crops")
     assert flowers.features["label"].names == ["flower"] and len(flowers) > 500
     assert flowers[0]["image"].size == (32, 32)
     x_f, _ = data.tensors(flowers, 16, 3)
@@ -38,10 +38,10 @@ def test_flower_crops_differ_visibly_from_the_photo_crops():
 
 
 def test_to_tensor_scales_to_minus_one_one_and_back():
-    ds = data.load("digits")
+    ds = data.load_dataset("digits")
     x = data.to_tensor(ds[:4]["image"], 16, 1)
     assert x.shape == (4, 1, 16, 16) and x.dtype == torch.float32
-    assert x.min() >= -1 and x.max() <= 1
+    assert x.min() == -1 and x.max() == 1, "black 0 -> -1 and white 255 -> 1"
     rgb = data.to_tensor(ds[0]["image"], 16, 3)
     assert rgb.shape == (1, 3, 16, 16)
     back = data.to_pil(data.to_tensor(ds[0]["image"], 8, 1))[0]
@@ -76,14 +76,14 @@ def test_to_tensor_refuses_bad_channels_and_non_images():
 
 def test_unknown_dataset_lists_the_known_ones():
     with pytest.raises(data.DataError, match=r"unknown dataset 'cifar'.*digits.*photo-crops.*mnist"):
-        data.load("cifar")
+        data.load_dataset("cifar")
 
 
 def test_full_track_dataset_offline_suggests_the_small_equivalent():
-    with pytest.raises(data.DataError, match=r"ylecun/mnist .*HF_HUB_OFFLINE.*data.load\('digits'\)"):
-        data.load("mnist")
+    with pytest.raises(data.DataError, match=r"ylecun/mnist .*HF_HUB_OFFLINE.*data.load_dataset\('digits'\)"):
+        data.load_dataset("mnist")
     with pytest.raises(data.DataError, match=r"flower-crops"):
-        data.load("huggan/smithsonian_butterflies_subset")
+        data.load_dataset("huggan/smithsonian_butterflies_subset")
 
 
 def test_full_track_dataset_loads_from_the_snapshot_of_its_pinned_revision(tmp_path, monkeypatch):
@@ -106,12 +106,12 @@ def test_full_track_dataset_loads_from_the_snapshot_of_its_pinned_revision(tmp_p
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
     monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "datasets")
     monkeypatch.setattr(hub, "pins", lambda: {"huggan/smithsonian_butterflies_subset": "b" * 40})
-    ds = data.load("butterflies")
+    ds = data.load_dataset("butterflies")
     assert ds.column_names == ["image"] and len(ds) == 5 and ds[0]["image"].size == (6, 4)
 
 
 def test_loader_gives_reproducible_shuffled_batches():
-    ds = data.load("digits")
+    ds = data.load_dataset("digits")
     a = next(iter(data.loader(ds, 16, 1, 8, seed=3)))
     b = next(iter(data.loader(ds, 16, 1, 8, seed=3)))
     assert a["images"].shape == (8, 1, 16, 16) and a["labels"].shape == (8,)

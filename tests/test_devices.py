@@ -37,7 +37,7 @@ def test_the_stand_in_refuses_numpy_until_moved():
 
 
 def test_digit_measures_take_gpu_samples_and_labels():
-    images, labels = data.tensors(data.load("digits").select(range(60)), 16, 1)
+    images, labels = data.tensors(data.load_dataset("digits").select(range(60)), 16, 1)
     judge = metrics.digit_judge(16)
     x, y = on_gpu(images), on_gpu(labels)
     assert judge.accuracy(x, y) == judge.accuracy(images, labels)
@@ -61,5 +61,5 @@ def test_audio_from_a_gpu_image_and_its_features():
     preset = audio.PRESETS["small"]
     image = torch.rand(1, preset.n_mels, preset.frames) * 2 - 1
     wave = audio.from_image(on_gpu(image), preset, generator=torch.Generator().manual_seed(0))
-    assert type(wave) is torch.Tensor and wave.shape[0] > 0
+    assert type(wave) is torch.Tensor and wave.shape == ((preset.frames - 1) * preset.hop_length,)
     assert np.allclose(audio.spectrogram_features(on_gpu(image[None])), audio.spectrogram_features(image[None]))

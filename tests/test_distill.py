@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from coursekit import distill, samplers, train
+from coursekit import distill, models, samplers, train
 from tests.helpers import tiny_scheduler, tiny_unet
 
 
@@ -31,7 +31,7 @@ def test_sample_on_the_grid_is_diffusers_ddim_at_its_timesteps():
     """With the same timesteps and no clipping, coursekit's grid sampler is DDIM."""
     unet, sched = tiny_unet(), tiny_scheduler()
     x = torch.randn(2, 1, 8, 8, generator=torch.Generator().manual_seed(1))
-    ours = distill.sample(unet, sched, x, steps=4, progress=False)
+    ours = distill.sample_on_grid(unet, sched, x, steps=4, progress=False)
     by_hand = x
     ts = distill.grid(4)
     for i, t in enumerate(ts):
@@ -60,10 +60,10 @@ def test_one_round_halves_the_steps_and_beats_the_teacher_at_the_student_count()
                                             lr=5e-4, progress=False)
     assert losses[-1] < losses[0] or sum(losses[-20:]) < sum(losses[:20])
     noise = torch.randn(64, 1, 8, 8, generator=torch.Generator().manual_seed(3))
-    reference = distill.sample(teacher, sched, noise, steps=64, progress=False)
+    reference = distill.sample_on_grid(teacher, sched, noise, steps=64, progress=False)
     error = lambda x: float(((x - reference) ** 2).mean())
-    student_2 = distill.sample(student, sched, noise, steps=2, progress=False)
-    teacher_2 = distill.sample(teacher, sched, noise, steps=2, progress=False)
+    student_2 = distill.sample_on_grid(student, sched, noise, steps=2, progress=False)
+    teacher_2 = distill.sample_on_grid(teacher, sched, noise, steps=2, progress=False)
     assert error(student_2) < 0.8 * error(teacher_2)
 
 
@@ -76,7 +76,7 @@ def test_round_refuses_odd_teacher_steps_and_missing_labels():
 
 
 def test_missing_student_names_the_command():
-    with pytest.raises(distill.DistillError, match="python -m coursekit.distill train digits-cond"):
+    with pytest.raises(distill.DistillError, match="coursekit distill digits-cond"):
         distill.load_student("digits-cond", 2)
 
 
@@ -87,7 +87,7 @@ def test_zoo_students_ship_with_model_cards(steps):
     unet, scheduler = distill.load_student("digits-cond", steps)
     folder = zoo.ZOO_DIR / distill.student_name("digits-cond", steps)
     card = (folder / "README.md").read_text()
-    assert "python -m coursekit.distill train digits-cond" in card and "## Measured quality" in card
+    assert "coursekit distill digits-cond" in card and "## Measured quality" in card
     record = __import__("json").loads((folder / "distill.json").read_text())
-    assert record["steps"] == steps and 0 <= record["quality"]["conditional_accuracy"] <= 1
-    assert unet.config.sample_size == 16 and samplers.null_label(unet) == 10
+    assert record["steps"] == steps and record["quality"]["conditional_accuracy"] >= 0.9, "the 4-step student measured 0.928"
+    assert unet.config.sample_size == 16 and models.null_label(unet) == 10

@@ -3,7 +3,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from coursekit import guidance, samplers
+from coursekit import demo, guidance, models, samplers
 from tests.helpers import tiny_scheduler, tiny_unet
 
 
@@ -38,7 +38,7 @@ def test_zero_scale_is_the_plain_ddim_sampler():
     unet, sched = tiny_unet(channels=3), tiny_scheduler()
     noise = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(1))
     plain = samplers.ddim(unet, sched, noise, steps=5, progress=False)
-    guided = guidance.sample(unet, samplers.scheduler_named("ddim", sched), noise, guidance.colour_loss([1, 0, 0]),
+    guided = guidance.guided_sample(unet, samplers.scheduler_named("ddim", sched), noise, guidance.colour_loss([1, 0, 0]),
                              scale=0.0, steps=5, progress=False)
     torch.testing.assert_close(guided, plain)
 
@@ -50,7 +50,7 @@ def test_colour_guidance_moves_samples_toward_the_colour(through_unet):
     noise = torch.randn(8, 3, 8, 8, generator=torch.Generator().manual_seed(2))
     red = [0.9, 0.1, 0.1]
     distances = [guidance.mean_colour_distance(
-        guidance.sample(unet, ddim, noise, guidance.colour_loss(red), scale=s, steps=10,
+        guidance.guided_sample(unet, ddim, noise, guidance.colour_loss(red), scale=s, steps=10,
                         through_unet=through_unet, progress=False), red) for s in (0.0, 2.5, 10.0)]
     assert distances[2] < distances[1] < distances[0]
     assert distances[2] < 0.5 * distances[0]
@@ -63,8 +63,9 @@ def test_classifier_loss_steers_toward_the_class():
     ddim = samplers.scheduler_named("ddim", sched)
     noise = torch.randn(16, 3, 8, 8, generator=torch.Generator().manual_seed(3))
     share = lambda x: (classifier(x).argmax(1) == 1).float().mean().item()
-    before = share(guidance.sample(unet, ddim, noise, guidance.classifier_loss(classifier, 1), scale=0.0, steps=8, progress=False))
-    after = share(guidance.sample(unet, ddim, noise, guidance.classifier_loss(classifier, 1), scale=2.0, steps=8, progress=False))
+    run = lambda scale: guidance.guided_sample(unet, ddim, noise, guidance.classifier_loss(classifier, 1), scale=scale,
+                                               steps=8, progress=False)
+    before, after = share(run(0.0)), share(run(2.0))
     assert after == 1.0 and after > before
 
 
@@ -78,21 +79,21 @@ def test_bad_guidance_inputs_are_refused():
     unet, sched = tiny_unet(channels=3), tiny_scheduler()
     noise = torch.randn(2, 3, 8, 8)
     with pytest.raises(samplers.SamplerError, match="scalar"):
-        guidance.sample(unet, samplers.scheduler_named("ddim", sched), noise, lambda x0: x0.mean(dim=1), scale=1.0,
+        guidance.guided_sample(unet, samplers.scheduler_named("ddim", sched), noise, lambda x0: x0.mean(dim=1), scale=1.0,
                         steps=2, progress=False)
     with pytest.raises(samplers.SamplerError, match="DDPM/DDIM-style"):
-        guidance.sample(unet, samplers.scheduler_named("euler", sched), noise, guidance.colour_loss([1, 0, 0]),
+        guidance.guided_sample(unet, samplers.scheduler_named("euler", sched), noise, guidance.colour_loss([1, 0, 0]),
                         scale=1.0, steps=2, progress=False)
     with pytest.raises(samplers.SamplerError, match="colour has 3 channels but the images have 1"):
-        guidance.sample(tiny_unet(), samplers.scheduler_named("ddim", sched), torch.randn(2, 1, 8, 8),
+        guidance.guided_sample(tiny_unet(), samplers.scheduler_named("ddim", sched), torch.randn(2, 1, 8, 8),
                         guidance.colour_loss([1, 0, 0]), scale=1.0, steps=2, progress=False)
 
 
-def test_class_channels_unet_conditions_through_extra_input_channels(tmp_path):
+def test_class_channels_unet_conditions_through_extra_input_channels_and_saves_like_any_model(tmp_path):
     kw = dict(layers_per_block=1, block_out_channels=(8, 16), norm_num_groups=4,
               down_block_types=("DownBlock2D",) * 2, up_block_types=("UpBlock2D",) * 2)
     torch.manual_seed(0)
-    m = guidance.class_channels_unet(8, 1, 3, embed_dim=4, **kw).eval()
+    m = models.ClassChannelsUNet(sample_size=8, in_channels=1, num_class_embeds=4, embed_dim=4, unet_config=kw).eval()
     assert (m.config.in_channels, m.unet.config.in_channels, m.config.num_class_embeds) == (1, 5, 4)
     x, t = torch.randn(2, 1, 8, 8), torch.tensor(100)
     with torch.no_grad():
@@ -109,14 +110,18 @@ def test_class_channels_unet_conditions_through_extra_input_channels(tmp_path):
 
     r = train.train(m, tiny_scheduler(), torch.rand(16, 1, 8, 8) * 2 - 1, torch.randint(0, 3, (16,)), steps=2,
                     batch_size=8, p_uncond=0.5, ema_decay=0.9, out_dir=tmp_path, progress=False)
-    assert len(r.losses) == 2 and isinstance(r.ema_unet, guidance.ClassChannelsUNet)
+    assert len(r.losses) == 2 and isinstance(r.ema_unet, models.ClassChannelsUNet)
     assert (tmp_path / "checkpoint" / "model.safetensors").exists()
-    with pytest.raises(samplers.SamplerError, match="needs class_labels"):
+    with pytest.raises(models.ModelError, match="needs class_labels"):
         m(x, t)
-    from diffusers import UNet2DModel
-
-    with pytest.raises(samplers.SamplerError, match="in_channels = image channels"):
-        guidance.ClassChannelsUNet(UNet2DModel(sample_size=8, in_channels=1, out_channels=1, **kw), 3)
+    with pytest.raises(models.ModelError, match="1 or 3 channels"):
+        models.ClassChannelsUNet(sample_size=8, in_channels=2, unet_config=kw)
+    m.eval().save_pretrained(tmp_path / "saved")
+    again = models.ClassChannelsUNet.from_pretrained(tmp_path / "saved", use_safetensors=True).eval()
+    with torch.no_grad():
+        y = torch.tensor([0, 2])
+        torch.testing.assert_close(again(x, t, class_labels=y).sample, m(x, t, class_labels=y).sample)
+    assert sorted(p.name for p in (tmp_path / "saved").iterdir()) == ["config.json", "diffusion_pytorch_model.safetensors"]
 
 
 @pytest.mark.parametrize("through_unet", [False, True])
@@ -124,7 +129,7 @@ def test_guided_samples_do_not_depend_on_the_batch(through_unet):
     unet, sched = tiny_unet(channels=3), tiny_scheduler()
     ddim = samplers.scheduler_named("ddim", sched)
     noise = torch.randn(4, 3, 8, 8, generator=torch.Generator().manual_seed(4))
-    run = lambda x: guidance.sample(unet, ddim, x, guidance.colour_loss([0.2, 0.8, 0.2]), scale=5.0, steps=6,
+    run = lambda x: guidance.guided_sample(unet, ddim, x, guidance.colour_loss([0.2, 0.8, 0.2]), scale=5.0, steps=6,
                                     through_unet=through_unet, progress=False)
     together = run(noise)
     alone = torch.cat([run(noise[i:i + 1]) for i in range(4)])
@@ -134,7 +139,7 @@ def test_guided_samples_do_not_depend_on_the_batch(through_unet):
 def test_trained_guide_classifier_learns_the_digits():
     from coursekit import data
 
-    x, y = data.tensors(data.load("digits"), 16, 1)
+    x, y = data.tensors(data.load_dataset("digits"), 16, 1)
     clf = guidance.train_classifier(x[:1200], y[:1200], steps=150)
     with torch.no_grad():
         accuracy = (clf(x[1200:]).argmax(1) == y[1200:]).float().mean().item()
@@ -165,7 +170,7 @@ def test_clip_guidance_lowers_the_clip_loss(tiny_clip):
     noise = torch.randn(4, 3, 8, 8, generator=torch.Generator().manual_seed(3))
     make = lambda: guidance.clip_loss("an orange flower", tiny_clip, cuts=4, generator=torch.Generator().manual_seed(0))
     plain = samplers.ddim(unet, sched, noise, steps=8, progress=False)
-    guided = guidance.sample(unet, sched, noise, make(), scale=20.0, steps=8, progress=False)
+    guided = guidance.guided_sample(unet, sched, noise, make(), scale=20.0, steps=8, progress=False)
     with torch.no_grad():
         assert make()(guided) < make()(plain)
 
@@ -193,7 +198,7 @@ def test_colour_demo_predicts_without_a_server_and_serves_on_localhost(monkeypat
     import numpy as np
 
     unet, sched = tiny_unet(channels=3), samplers.scheduler_named("ddim", tiny_scheduler())
-    app = guidance.colour_demo(unet, sched, steps=4, n=3)
+    app = demo.colour_demo(unet, sched, steps=4, n=3)
     shown = app.fn("#ff0000", 40.0, 1)
     expected = guidance.colour_guided_grid(unet, sched, "#ff0000", 40.0, seed=1, n=3, steps=4)
     assert np.array_equal(np.asarray(shown), np.asarray(expected))
@@ -203,7 +208,7 @@ def test_colour_demo_predicts_without_a_server_and_serves_on_localhost(monkeypat
     assert np.linalg.norm(samples(shown) - red) < np.linalg.norm(samples(unguided) - red)
     launched = {}
     monkeypatch.setattr(app, "launch", lambda **kw: launched.update(kw))
-    guidance.launch_demo(app)
+    demo.launch_demo(app)
     assert launched["server_name"] == "127.0.0.1" and launched["share"] is False
     with pytest.raises(samplers.SamplerError, match="RGB"):
-        guidance.colour_demo(tiny_unet(channels=1), sched)
+        demo.colour_demo(tiny_unet(channels=1), sched)

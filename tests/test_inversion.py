@@ -4,7 +4,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from coursekit import data, inversion, samplers, zoo
+from coursekit import data, inversion, models
 from tests.helpers import save_tiny_stable_diffusion, tiny_scheduler, tiny_unet
 
 
@@ -47,12 +47,12 @@ def test_one_inversion_step_follows_the_formula():
 
 @pytest.fixture(scope="module")
 def digits():
-    x, y = data.tensors(data.load("digits"), 16, 1)
+    x, y = data.tensors(data.load_dataset("digits"), 16, 1)
     return x[:8], y[:8]
 
 
 def test_inversion_then_sampling_reconstructs_real_digits(digits):
-    unet, sched = zoo.load("digits-uncond")
+    unet, sched = models.load_model("digits-uncond")
     x, _ = digits
     inv = inversion.invert(unet, sched, x, steps=50, progress=False)
     back = inversion.denoise(unet, sched, inv.at(50), steps=50, progress=False)
@@ -64,7 +64,7 @@ def test_inversion_then_sampling_reconstructs_real_digits(digits):
 
 
 def test_inversion_does_not_depend_on_the_batch(digits):
-    unet, sched = zoo.load("digits-cond")
+    unet, sched = models.load_model("digits-cond")
     x, y = digits
     whole = inversion.invert(unet, sched, x, steps=8, labels=y, guidance_scale=2.0, progress=False)
     one = inversion.invert(unet, sched, x[2:3], steps=8, labels=y[2:3], guidance_scale=2.0, progress=False)

@@ -19,7 +19,6 @@ def ftm():
         module = importlib.util.module_from_spec(spec)
         sys.modules[name] = module           # dataclasses look the module up while it loads
         spec.loader.exec_module(module)
-    torch.set_num_threads(1)
     return sys.modules[name]
 
 
@@ -101,7 +100,7 @@ def test_meta_and_cpu_counts_agree_on_a_unet_training_step(ftm):
         with torch.device(device):
             unet = UNet2DModel(**config)
 
-        def step():
+        def step(unet=unet, device=device):
             x = torch.randn(2, 3, 16, 16, device=device)
             out = unet(x, torch.full((2,), 10, device=device)).sample
             ((out - x) ** 2).mean().backward()
@@ -221,8 +220,23 @@ def test_row_peak_adds_the_allowances(ftm):
 
 def test_notebook_constants_are_read_from_the_cell_source(ftm):
     source = ("plan = {'ddim': [3, 5]}\nn_compare = 128\n"
-              "guided = guidance.sample(u, s, x, guidance.clip_loss(p, clip, cuts=8), scale=1)\n"
+              "guided = guidance.guided_sample(u, s, x, guidance.clip_loss(p, clip, cuts=8), scale=1)\n"
               "score = guidance.clip_loss(p, clip, cuts=16)")
     assert ftm.assigned(source, "n_compare") == 128
     assert ftm.assigned(source, "plan") == {"ddim": [3, 5]}
     assert ftm.guided_clip_cuts(source) == 8
+
+
+@pytest.mark.slow
+def test_the_instructor_guides_t4_table_is_what_the_estimate_writes_today(ftm, tmp_path):
+    """The whole estimate runs on the notebooks' current settings and coursekit's current code,
+    and writes the same table the instructor guide shows (a change to either that moves a number
+    must refresh the guide with `--guide units/README.md`)."""
+    guide = tmp_path / "README.md"
+    guide.write_text((ROOT / "units" / "README.md").read_text())
+    threads = torch.get_num_threads()
+    try:
+        assert ftm.main(["--guide", str(guide), "--out", str(tmp_path / "memory.json")]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    assert guide.read_text() == (ROOT / "units" / "README.md").read_text()

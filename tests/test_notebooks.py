@@ -107,12 +107,12 @@ UNIT2_COND = ROOT / "units" / "unit2" / "02_class_conditioned.ipynb"
 
 
 def test_notebook_class_channels_are_what_class_channels_unet_feeds_its_unet():
-    from coursekit import guidance
+    from coursekit import models
 
     with_class_channels = tagged(UNIT2_COND, "teach-class-channels")["with_class_channels"]
-    model = guidance.class_channels_unet(8, 1, 3, block_out_channels=(8, 16), norm_num_groups=4,
-                                         down_block_types=("DownBlock2D", "DownBlock2D"),
-                                         up_block_types=("UpBlock2D", "UpBlock2D"), layers_per_block=1)
+    model = models.ClassChannelsUNet(sample_size=8, in_channels=1, num_class_embeds=4, unet_config=dict(
+        block_out_channels=(8, 16), norm_num_groups=4, down_block_types=("DownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "UpBlock2D"), layers_per_block=1))
     torch.nn.init.normal_(model.embed.weight)
     x, t, y = torch.randn(3, 1, 8, 8), torch.tensor([1, 50, 900]), torch.tensor([0, 2, 3])
     with torch.no_grad():
@@ -175,7 +175,7 @@ def test_notebook_colour_guidance_loop_is_coursekits_x_only_guidance():
     noise = torch.randn(3, 3, 8, 8, generator=torch.Generator().manual_seed(4))
     colour = (0.9, 0.2, 0.1)
     by_hand = colour_guided_ddim(unet, sched, noise, colour, 7.0, 6)
-    by_kit = guidance.sample(unet, sched, noise, guidance.colour_loss(colour), scale=7.0, steps=6, progress=False)
+    by_kit = guidance.guided_sample(unet, sched, noise, guidance.colour_loss(colour), scale=7.0, steps=6, progress=False)
     torch.testing.assert_close(by_hand, by_kit, atol=1e-5, rtol=1e-5)
     plain = samplers.ddim(unet, sched, noise, steps=6, progress=False)
     assert guidance.mean_colour_distance(by_hand, colour) < guidance.mean_colour_distance(plain, colour)

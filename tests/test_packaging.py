@@ -1,8 +1,8 @@
 """The repository's promises about itself: environments agree, commands are wired as documented."""
 import re
-import tomllib
 from pathlib import Path
 
+import tomllib
 import yaml
 
 ROOT = Path(__file__).parent.parent

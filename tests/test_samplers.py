@@ -3,7 +3,7 @@ import pytest
 import torch
 from diffusers import DDIMPipeline, DDIMScheduler, DDPMPipeline
 
-from coursekit import samplers
+from coursekit import models, samplers
 from tests.helpers import tiny_scheduler, tiny_unet
 
 
@@ -34,7 +34,7 @@ def test_ddpm_equals_diffusers_ddpm_pipeline():
 def test_ddpm_defaults_to_every_training_step():
     unet, sched = tiny_unet(), tiny_scheduler()
     seen = []
-    samplers.ddpm(unet, sched, torch.randn(1, 1, 8, 8), callback=lambda i, t, x, x0: seen.append(int(t)), progress=False)
+    samplers.ddpm(unet, sched, torch.randn(1, 1, 8, 8), callback=lambda step, state: seen.append(int(state["t"])), progress=False)
     assert seen == list(range(999, -1, -1))
 
 
@@ -70,7 +70,7 @@ def test_trajectory_and_callback():
     unet, sched = tiny_unet(), tiny_scheduler()
     calls = []
     x, traj = samplers.ddim(unet, sched, torch.randn(2, 1, 8, 8), steps=5, trajectory=True,
-                            callback=lambda i, t, x, x0: calls.append(i), progress=False)
+                            callback=lambda step, state: calls.append(step), progress=False)
     assert calls == [0, 1, 2, 3, 4]
     assert traj.timesteps == [800, 600, 400, 200, 0]
     assert len(traj.xs) == len(traj.x0s) == 5 and traj.x0s[0].shape == x.shape
@@ -88,15 +88,15 @@ def test_every_named_scheduler_samples_finite_images(name):
 
 def test_bad_inputs_get_clear_errors():
     unet, cond, sched = tiny_unet(), tiny_unet(classes=3), tiny_scheduler()
-    with pytest.raises(samplers.SamplerError, match=r"shape \(N, 1, H, W\)"):
+    with pytest.raises(models.ModelError, match=r"shape \(N, 1, H, W\)"):
         samplers.ddim(unet, sched, torch.randn(2, 3, 8, 8), progress=False)
-    with pytest.raises(samplers.SamplerError, match="unconditional"):
+    with pytest.raises(models.ModelError, match="unconditional"):
         samplers.ddim(unet, sched, torch.randn(2, 1, 8, 8), labels=[0, 1], progress=False)
-    with pytest.raises(samplers.SamplerError, match="class-conditional UNet"):
+    with pytest.raises(models.ModelError, match="class-conditional UNet"):
         samplers.ddim(unet, sched, torch.randn(2, 1, 8, 8), guidance_scale=3.0, progress=False)
-    with pytest.raises(samplers.SamplerError, match="3 labels for 2 samples"):
+    with pytest.raises(models.ModelError, match="3 labels for 2 samples"):
         samplers.ddim(cond, sched, torch.randn(2, 1, 8, 8), labels=[0, 1, 2], progress=False)
-    with pytest.raises(samplers.SamplerError, match=r"0\.\.2"):
+    with pytest.raises(models.ModelError, match=r"0\.\.2"):
         samplers.ddim(cond, sched, torch.randn(2, 1, 8, 8), labels=[0, 7], progress=False)
     with pytest.raises(samplers.SamplerError, match="eta must lie in"):
         samplers.ddim(unet, sched, torch.randn(2, 1, 8, 8), eta=2.0, progress=False)

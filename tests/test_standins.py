@@ -6,7 +6,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from coursekit import audio, cli, data, guidance, hub, inversion, standins, zoo
+from coursekit import cli, data, guidance, hub, inversion, models, standins
 
 ROOT = __import__("pathlib").Path(__file__).parent.parent
 
@@ -48,7 +48,7 @@ def test_stand_in_configs_keep_the_real_keys_and_class_names():
         real, ours = standins.real_config(repo, inner), standins.config(repo, inner)
         assert _keys(ours) == _keys(real), f"{repo}/{inner}"
         assert ours.get("_class_name") == real.get("_class_name")
-    for (repo, inner), shrink in standins.SHRINK.items():
+    for repo, inner in standins.SHRINK:
         assert (standins.CONFIGS / repo.replace("/", "__") / inner).exists(), (repo, inner)
 
 
@@ -68,7 +68,7 @@ def test_stand_ins_are_written_at_the_pinned_revision(tmp_path, monkeypatch):
 
 def test_diffusion_models_load_through_zoo_load_with_their_real_layout(cache):
     for repo, sub in (("google/ddpm-cat-256", ""), ("anton-l/ddpm-butterflies-128", "unet/")):
-        unet, scheduler = zoo.load(repo)
+        unet, scheduler = models.load_model(repo)
         real = standins.real_config(repo, sub + "config.json")
         assert type(unet).__name__ == real["_class_name"] and list(unet.config.down_block_types) == real["down_block_types"]
         sched = "scheduler/scheduler_config.json" if sub else "scheduler_config.json"
@@ -78,7 +78,7 @@ def test_diffusion_models_load_through_zoo_load_with_their_real_layout(cache):
 
 
 def test_audio_model_loads_with_its_mel_settings(cache):
-    unet, scheduler, preset = audio.load_model("kmpartner/audio-diffusion-electronic")
+    unet, scheduler, preset = models.load_audio_model("kmpartner/audio-diffusion-electronic")
     mel = standins.config("kmpartner/audio-diffusion-electronic", "mel/mel_config.json")
     assert (preset.n_mels, preset.frames, preset.sample_rate) == (mel["y_res"], mel["x_res"], mel["sample_rate"])
     assert unet.config.in_channels == 1 and scheduler.config.beta_schedule == "linear"
@@ -103,12 +103,12 @@ def test_clip_loads_at_its_safetensors_ref_and_scores_images(cache):
 
 
 def test_datasets_load_through_data_load_with_the_real_columns(cache):
-    mnist = data.load("mnist")
+    mnist = data.load_dataset("mnist")
     assert mnist.column_names == ["image", "label"] and mnist.features["label"].names[3] == "3"
-    assert mnist[0]["image"].size == (28, 28) and len(data.load("mnist", split="test")) == 20
-    butterflies = data.load("butterflies")
+    assert mnist[0]["image"].size == (28, 28) and len(data.load_dataset("mnist", split="test")) == 20
+    butterflies = data.load_dataset("butterflies")
     assert butterflies.column_names == ["image"] and butterflies[0]["image"].mode == "RGB"
-    music = data.load("music_genres")
+    music = data.load_dataset("music_genres")
     assert music.column_names == ["audio", "label"] and {"Electronic", "Hip-Hop", "Jazz"} <= set(music.features["label"].names)
     row = music[0]
     assert row["sampling_rate"] == 44100 and row["audio"].ndim == 1 and len(row["audio"]) > 44100
@@ -121,10 +121,10 @@ def test_a_missing_stand_in_fails_its_loader_naming_the_repo(tmp_path, monkeypat
     standins.write(tmp_path, ["huggan/smithsonian_butterflies_subset"])
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
     monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "datasets")
-    with pytest.raises(data.DataError, match=r"ylecun/mnist .*data.load\('digits'\)"):
-        data.load("mnist")
-    with pytest.raises(zoo.ZooError, match="google/ddpm-cat-256"):
-        zoo.load("google/ddpm-cat-256")
+    with pytest.raises(data.DataError, match=r"ylecun/mnist .*data.load_dataset\('digits'\)"):
+        data.load_dataset("mnist")
+    with pytest.raises(models.ModelError, match="google/ddpm-cat-256"):
+        models.load_model("google/ddpm-cat-256")
 
 
 class FakeApi:
@@ -179,7 +179,7 @@ def test_the_full_track_digit_judge_is_fit_on_mnist_and_measures_against_it(cach
     from coursekit import metrics
 
     judge = metrics.digit_judge(16, dataset="mnist")
-    mnist, _ = data.tensors(data.load("mnist"), 16, 1)
+    mnist, _ = data.tensors(data.load_dataset("mnist"), 16, 1)
     assert judge.real_features.shape == (len(mnist), 20), "FD and diversity are measured against MNIST"
     assert 0 <= judge.held_out_accuracy <= 1
     assert judge.fid(mnist) < judge.fid(-mnist), "its reference is MNIST, not scikit-learn's digits"

@@ -1,12 +1,11 @@
 import os
-import socket
 import subprocess
 import sys
 
 import pytest
 import torch
 
-from coursekit import tracks
+from coursekit import hub, tracks
 
 
 def test_settings_hold_both_tracks_and_print_a_table(monkeypatch):
@@ -19,7 +18,7 @@ def test_settings_hold_both_tracks_and_print_a_table(monkeypatch):
     assert table[2].split() == ["model", "digits-uncond", "org/big-model"]
     assert "track: small" in repr(S)
     with pytest.raises(AttributeError, match="known: model, steps"):
-        S.batch
+        _ = S.batch
     with pytest.raises(TypeError, match="pair"):
         tracks.Settings(steps=25)
 
@@ -33,9 +32,9 @@ def test_auto_track_is_small_without_gpu(monkeypatch):
 def test_auto_track_is_full_with_gpu_and_cached_weights(monkeypatch):
     monkeypatch.delenv("COURSEKIT_TRACK", raising=False)
     monkeypatch.setattr(tracks, "device", lambda: "cuda")
-    monkeypatch.setattr(tracks, "is_cached", lambda repo, kind="model": True)
+    monkeypatch.setattr(hub, "is_cached", lambda repo, kind="model": True)
     assert tracks.pick_track([("org/model", "model")]) == "full"
-    monkeypatch.setattr(tracks, "is_cached", lambda repo, kind="model": False)
+    monkeypatch.setattr(hub, "is_cached", lambda repo, kind="model": False)
     assert tracks.pick_track([("org/model", "model")]) == "small"  # offline in tests, not cached
 
 
@@ -59,53 +58,6 @@ def test_forcing_an_unknown_track_is_refused(monkeypatch):
     monkeypatch.setenv("COURSEKIT_TRACK", "medium")
     with pytest.raises(tracks.TrackError, match="'small' or 'full'"):
         tracks.pick_track()
-
-
-def test_hub_check_honours_offline_flag_without_touching_the_network(monkeypatch):
-    calls = []
-    monkeypatch.setattr(socket, "create_connection", lambda *a, **k: calls.append(a))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    assert tracks.hub_reachable() is False
-    assert calls == []
-
-
-def test_hub_check_gives_up_within_its_timeout(monkeypatch):
-    import time
-
-    def hang(*args, **kwargs):
-        time.sleep(3)
-        raise OSError("timed out")
-
-    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
-    monkeypatch.setattr(socket, "create_connection", hang)
-    began = time.perf_counter()
-    assert tracks.hub_reachable(timeout=0.5) is False
-    assert time.perf_counter() - began < 2
-
-
-def test_hub_check_reports_a_reachable_hub(monkeypatch):
-    class Conn:
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *exc):
-            return False
-
-    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
-    monkeypatch.setattr(socket, "create_connection", lambda *a, **k: Conn())
-    assert tracks.hub_reachable() is True
-
-
-def test_is_cached_reads_the_hub_cache_layout(monkeypatch, tmp_path):
-    from huggingface_hub import constants
-
-    from tests.helpers import fake_hub_snapshot
-
-    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
-    assert not tracks.is_cached("org/model")
-    fake_hub_snapshot(tmp_path, "org/model", "a" * 40)
-    assert tracks.is_cached("org/model")
-    assert not tracks.is_cached("org/model", "dataset")
 
 
 @pytest.mark.parametrize("env, expected", [({"COLAB_RELEASE_TAG": "x"}, "colab"),
@@ -165,7 +117,7 @@ def test_a_rehearsal_runs_the_full_track_on_the_cpu_with_scaled_settings(monkeyp
     monkeypatch.setenv("COURSEKIT_TRACK", "full")
     monkeypatch.setenv("COURSEKIT_REHEARSE", "1")
     monkeypatch.setattr(tracks, "device", lambda: "cpu")
-    monkeypatch.setattr(tracks, "is_cached", lambda repo, kind="model": True)
+    monkeypatch.setattr(hub, "is_cached", lambda repo, kind="model": True)
     S = tracks.Settings(model=("digits-uncond", "org/model"), steps=(25, 50), lr=(1e-3, 1e-4))
     assert (S.track, S.rehearsal, S.device) == ("full", True, "cpu")
     assert (S.model, S.steps, S.lr) == ("org/model", 25, 1e-4)
@@ -180,7 +132,7 @@ def test_mps_gets_the_small_track_unless_the_full_one_is_asked_for(monkeypatch):
     monkeypatch.delenv("COURSEKIT_TRACK", raising=False)
     monkeypatch.delenv("COURSEKIT_REHEARSE", raising=False)
     monkeypatch.setattr(tracks, "device", lambda: "mps")
-    monkeypatch.setattr(tracks, "is_cached", lambda repo, kind="model": True)
+    monkeypatch.setattr(hub, "is_cached", lambda repo, kind="model": True)
     assert tracks.pick_track([("org/model", "model")]) == "small"
     assert any("MPS" in m for m in tracks.missing_for_full([("org/model", "model")]))
     monkeypatch.setenv("COURSEKIT_TRACK", "full")

@@ -41,7 +41,7 @@ def test_digit_judge_is_accurate_on_real_digits_and_fooled_by_nothing():
 
     judge = metrics.digit_judge(16)
     assert judge.held_out_accuracy > 0.95
-    x, y = data.tensors(data.load("digits").select(range(200)), 16, 1)
+    x, y = data.tensors(data.load_dataset("digits").select(range(200)), 16, 1)
     assert judge.accuracy(x, y) > 0.95
     assert judge.fid(x) < judge.fid(torch.randn(200, 1, 16, 16).clamp(-1, 1))
     assert judge.confidence(x) > judge.confidence(torch.zeros(50, 1, 16, 16))
@@ -52,7 +52,7 @@ def test_digit_judge_is_accurate_on_real_digits_and_fooled_by_nothing():
 def test_pixel_fd_prefers_the_real_distribution():
     from coursekit import data
 
-    x, _ = data.tensors(data.load("digits"), 16, 1)
+    x, _ = data.tensors(data.load_dataset("digits"), 16, 1)
     real_a, real_b = x[:500], x[500:1000]
     noise = torch.randn(500, 1, 16, 16).clamp(-1, 1)
     assert metrics.pixel_fd(real_a, real_b) < 0.2 * metrics.pixel_fd(noise, real_b)
@@ -64,7 +64,7 @@ def test_diversity_is_one_for_real_data_and_zero_for_copies():
     from coursekit import data
 
     judge = metrics.digit_judge(16)
-    x, y = data.tensors(data.load("digits"), 16, 1)
+    x, y = data.tensors(data.load_dataset("digits"), 16, 1)
     assert judge.diversity(x, y) == pytest.approx(1.0, rel=1e-6)
     copies = x[:1].repeat(20, 1, 1, 1)
     assert judge.diversity(copies, torch.zeros(20, dtype=torch.long)) == pytest.approx(0.0, abs=1e-6)
@@ -73,6 +73,6 @@ def test_diversity_is_one_for_real_data_and_zero_for_copies():
 def test_fit_judge_on_any_labelled_grey_images():
     from coursekit import data
 
-    x, y = data.tensors(data.load("digits"), 8, 1)
+    x, y = data.tensors(data.load_dataset("digits"), 8, 1)
     judge = metrics.fit_judge(x, y)
     assert judge.held_out_accuracy > 0.95 and judge.accuracy(x[:100], y[:100]) > 0.95

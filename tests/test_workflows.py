@@ -1,6 +1,5 @@
 """The GPU workflow can pass: each of its steps is run here, or by the rehearsal, or by a named
 test, so a step that would fail on the GPU runner fails here first."""
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -16,12 +15,13 @@ EXERCISED = {
     "make install": "test_make_install_is_the_target_make_test_builds",
     '.venv/bin/python -c "import torch, sys; ok = torch.cuda.is_available(); print(\'CUDA:\', ok); '
     'sys.exit(0 if ok else \'no GPU visible to torch\')"': "test_the_gpu_check_fails_loudly_without_cuda",
-    ".venv/bin/python -m coursekit.hub pin": "test_hub_pin_command_pins_and_names_a_model_without_safetensors",
+    ".venv/bin/coursekit pin": "test_hub_pin_command_pins_and_names_a_model_without_safetensors",
     ".venv/bin/coursekit prefetch": "tests/test_cli.py::test_prefetch_downloads_pinned_revisions_verifies_and_prints_sizes",
     '.venv/bin/python -m pytest tests -m "not browser"': "this suite",
     ".venv/bin/coursekit run units --track full --out build": "tests/test_rehearsal.py (the same command with --rehearse)",
     ".venv/bin/python -m pytest units": "test_nbval_on_the_full_track_checks_full_budgets",
-    ".venv/bin/python scripts/instructor_times.py --full build/run.json": "tests/test_cli.py::test_instructor_times_come_from_coursekit_runs",
+    ".venv/bin/python scripts/instructor_times.py --full build/run.json":
+        "tests/test_cli.py::test_instructor_times_come_from_coursekit_runs",
 }
 
 
@@ -72,13 +72,15 @@ def test_hub_pin_command_pins_and_names_a_model_without_safetensors(tmp_path, mo
     monkeypatch.setattr(hub, "PINS_FILE", tmp_path / "hub_revisions.json")
     files = {"a" * 40: ["unet/diffusion_pytorch_model.safetensors", "vae/diffusion_pytorch_model.safetensors",
                         "text_encoder/model.safetensors", "diffusion_pytorch_model.safetensors", "model.safetensors"]}
-    hub.main(["pin"], api=FakeApi("a" * 40, files))
-    assert set(hub.pins()) == set(hub.MODELS + hub.DATASETS)
-    pickles = FakeApi("a" * 40, {"a" * 40: ["diffusion_pytorch_model.bin"]})
-    with pytest.raises(SystemExit, match="coursekit.hub pin: .*has no revision with"):
-        hub.main(["pin"], api=pickles)
-    with pytest.raises(SystemExit, match="usage"):
-        hub.main(["pins"])
+    import huggingface_hub
+
+    from coursekit import cli
+
+    monkeypatch.setattr(huggingface_hub, "HfApi", lambda: FakeApi("a" * 40, files))
+    assert cli.main(["pin"]) == 0 and set(hub.pins()) == set(hub.MODELS + hub.DATASETS)
+    monkeypatch.setattr(huggingface_hub, "HfApi", lambda: FakeApi("a" * 40, {"a" * 40: ["diffusion_pytorch_model.bin"]}))
+    with pytest.raises(SystemExit, match="coursekit pin: .*has no revision with"):
+        cli.main(["pin"])
 
 
 def test_nbval_on_the_full_track_checks_full_budgets(monkeypatch):

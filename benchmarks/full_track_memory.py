@@ -349,7 +349,7 @@ def sources() -> dict:
 def zoo_names() -> set[str]:
     from coursekit import zoo
 
-    return set(zoo.names())
+    return set(zoo.recipe_names())
 
 
 def meta_module(factory):

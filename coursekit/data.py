@@ -86,7 +86,7 @@ FULL = {
 }
 
 
-def names() -> list[str]:
+def dataset_names() -> list[str]:
     return (sorted(SMALL) + list(AUDIO) + sorted(FULL) + sorted(d.repo for d in FULL.values())
             + sorted(FULL_AUDIO) + sorted(FULL_AUDIO.values()))
 
@@ -188,7 +188,7 @@ def load_dataset(name: str, split: str = "train"):
         return _full_audio(FULL_AUDIO.get(name, name), split)
     spec = FULL.get(name) or next((d for d in FULL.values() if d.repo == name), None)
     if spec is None:
-        raise DataError(f"unknown dataset {name!r}; known: {', '.join(names())}")
+        raise DataError(f"unknown dataset {name!r}; known: {', '.join(dataset_names())}")
     return _full(spec, split)
 
 

@@ -161,7 +161,7 @@ def student_name(teacher: str, steps: int) -> str:
     return f"{teacher}-{steps}step"
 
 
-def evaluate(unet, scheduler, steps: int, guidance_scale: float = 1.0, per_class: int = 50, seed: int = 1) -> dict:
+def evaluate_student(unet, scheduler, steps: int, guidance_scale: float = 1.0, per_class: int = 50, seed: int = 1) -> dict:
     """The independent digit judge's accuracy on `per_class` samples of each digit at `steps` steps."""
     from . import metrics, samplers
 
@@ -239,7 +239,7 @@ def train_chain(name: str, out_dir: str | Path | None = None, steps_per_round: i
             folder = out_dir / student_name(name, steps)
             shutil.rmtree(folder, ignore_errors=True)
             models.save_model(teacher, scheduler, folder)
-            quality = evaluate(teacher, scheduler, steps) if evaluate_after else {}
+            quality = evaluate_student(teacher, scheduler, steps) if evaluate_after else {}
             (folder / "README.md").write_text(_card(folder.name, recipe, steps, rounds, quality))
             (folder / "distill.json").write_text(json.dumps({**asdict(recipe), "steps": steps, "steps_per_round": per_round,
                                                              "rounds": rounds, "quality": quality}, indent=2) + "\n")

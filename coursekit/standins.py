@@ -91,7 +91,7 @@ def config(repo: str, path: str) -> dict:
     return _merge(real_config(repo, path), SHRINK.get((repo, path), {}))
 
 
-def revision(repo: str) -> str:
+def standin_revision(repo: str) -> str:
     """The revision a stand-in is written at: the pinned one, or a recorded stand-in commit."""
     return hub.pins().get(repo) or hashlib.sha1(f"coursekit stand-in {repo} v{VERSION}".encode()).hexdigest()
 
@@ -323,7 +323,7 @@ def write(home: str | Path, repos=None) -> dict[str, str]:
     written = {}
     for repo in repos or STANDINS:
         kind, build = STANDINS[repo]
-        rev = revision(repo)
+        rev = standin_revision(repo)
         root = home / "hub" / (f"{kind}s--" + repo.replace("/", "--"))
         snapshot = root / "snapshots" / rev
         snapshot.mkdir(parents=True, exist_ok=True)

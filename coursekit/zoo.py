@@ -100,7 +100,7 @@ RECIPES = {
     ),
 }
 
-def names() -> list[str]:
+def recipe_names() -> list[str]:
     return sorted(RECIPES)
 
 
@@ -246,7 +246,7 @@ def train_checkpoint(name: str, out: str | os.PathLike | None = None, steps: int
     from .tracks import torch_threads
 
     if name not in RECIPES:
-        raise ZooError(f"no recipe named {name!r}; known: {', '.join(names())}")
+        raise ZooError(f"no recipe named {name!r}; known: {', '.join(recipe_names())}")
     recipe = RECIPES[name]
     out = Path(out) if out else ZOO_DIR / name
     steps = steps or recipe.steps
@@ -274,7 +274,7 @@ def train_checkpoint(name: str, out: str | os.PathLike | None = None, steps: int
 def add_commands(sub) -> None:
     """`train NAME` (retrain a checkpoint from its recipe, or `--list` them) and `evaluate NAME`."""
     t = sub.add_parser("train", help="retrain a zoo checkpoint from its recipe (--list: the recipes)")
-    t.add_argument("name", nargs="?", choices=names())
+    t.add_argument("name", nargs="?", choices=recipe_names())
     t.add_argument("--list", action="store_true", help="list the recipes and stop")
     t.add_argument("--out", help="output folder (default: the package's own zoo folder)")
     t.add_argument("--steps", type=int, help="override the recipe's step count (for quick checks)")
@@ -282,14 +282,14 @@ def add_commands(sub) -> None:
     t.add_argument("--no-eval", action="store_true", help="skip the quality evaluation")
     t.set_defaults(run=_train_command)
     e = sub.add_parser("evaluate", help="measure a trained checkpoint again and rewrite its model card")
-    e.add_argument("name", choices=names())
+    e.add_argument("name", choices=recipe_names())
     e.add_argument("--folder", help="checkpoint folder (default: the package's own)")
     e.set_defaults(run=lambda args: print(json.dumps(reevaluate(args.name, args.folder), indent=2)))
 
 
 def _train_command(args) -> None:
     if args.list or not args.name:
-        for n in names():
+        for n in recipe_names():
             print(f"{n}: {RECIPES[n].description}")
         return
     began = time.perf_counter()

@@ -11,7 +11,7 @@ def same_weights(a, b):
     return all(torch.equal(p, q) for p, q in zip(a.state_dict().values(), b.state_dict().values()))
 
 
-@pytest.mark.parametrize("name", zoo.names())
+@pytest.mark.parametrize("name", zoo.recipe_names())
 def test_every_zoo_checkpoint_ships_with_a_model_card(name):
     unet, scheduler = models.load_model(name)
     folder = zoo.ZOO_DIR / name
@@ -63,7 +63,7 @@ def test_shipped_conditional_model_draws_the_digit_asked_for():
     assert judge.accuracy(x, labels) >= 0.9
 
 
-@pytest.mark.parametrize("name", zoo.names())
+@pytest.mark.parametrize("name", zoo.recipe_names())
 def test_every_recipe_trains_for_a_few_steps(name, tmp_path):
     out = zoo.train_checkpoint(name, tmp_path / name, steps=3, evaluate_after=False, progress=False)
     unet, scheduler = models.load_model(out)

@@ -88,7 +88,7 @@ def cfg_batched_vs_naive(steps: int = 25, batch: int = 10) -> dict:
 
 FIRST_IMAGE = """
 import sys
-from coursekit import data, samplers, viz, zoo
+from coursekit import models, samplers, viz
 import torch
 unet, scheduler = models.load_model("digits-uncond")
 g = torch.Generator().manual_seed(0)

@@ -14,6 +14,7 @@ ROOT = Path(__file__).parent.parent
 MODULES = sorted(p.stem for p in (ROOT / "coursekit").glob("*.py") if p.stem != "__init__")
 # recipes, interactive tools and command lines: they may import anything below them, never the reverse
 HIGH_LEVEL = {"zoo", "distill", "finetune", "widgets", "demo", "cli"}
+NOT_IMPORTED = "<used without an import>"
 
 
 def notebook_code(path: Path) -> str:
@@ -56,12 +57,25 @@ def coursekit_imports(tree: ast.AST) -> tuple[dict[str, str], list[tuple[str, st
 
 
 def uses(source: str) -> list[tuple[str, str]]:
-    """Every (coursekit module, name) a source reaches: `from coursekit.m import name` and `m.name`."""
+    """Every (coursekit module, name) a source reaches: `from coursekit.m import name` and `m.name`,
+    in its code and in the code it holds as strings to run elsewhere (`python -c`, a kernel)."""
     tree = ast.parse(source)
     bound, names = coursekit_imports(tree)
+    assigned = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store)}
+    assigned |= {n.arg for n in ast.walk(tree) if isinstance(n, ast.arg)}
+    assigned |= {a.asname or a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, (ast.Import, ast.ImportFrom))
+                 for a in n.names}
     for node in ast.walk(tree):
         if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id in bound:
             names.append((bound[node.value.id], node.attr))
+        elif (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id in MODULES
+              and node.value.id not in assigned):
+            names.append((node.value.id, NOT_IMPORTED))
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str) and "from coursekit" in node.value:
+            try:
+                names += uses(node.value)
+            except SyntaxError:
+                pass
     return names
 
 
@@ -75,8 +89,10 @@ def import_graph() -> dict[str, set[str]]:
 
 def test_the_helpers_see_imports_of_every_form():
     src = ("from . import zoo\nfrom .train import fit\nimport coursekit.models as m\n"
-           "def f():\n    from coursekit import samplers\n    return samplers._private, m.load_model, zoo.RECIPES")
-    assert sorted(uses(src)) == [("models", "load_model"), ("samplers", "_private"), ("train", "fit"), ("zoo", "RECIPES")]
+           "def f():\n    from coursekit import samplers\n    return samplers._private, m.load_model, zoo.RECIPES\n"
+           "SNIPPET = 'from coursekit import data\\ndata.load(); viz.grid()'")
+    assert sorted(uses(src)) == [("data", "load"), ("models", "load_model"), ("samplers", "_private"), ("train", "fit"),
+                                 ("viz", NOT_IMPORTED), ("zoo", "RECIPES")]
 
 
 def test_modules_import_each_other_without_cycles():
@@ -111,5 +127,6 @@ def test_no_private_names_across_modules_and_every_name_used_exists(path):
     for module, name in uses(sources()[path]):
         if module == own or name == "*":
             continue
+        assert name != NOT_IMPORTED, f"{path} uses the module {module} without importing it"
         assert not (name.startswith("_") and not name.startswith("__")), f"{path} uses the private {module}.{name}"
         assert hasattr(importlib.import_module(f"coursekit.{module}"), name), f"{path} uses {module}.{name}, which is gone"

@@ -329,6 +329,32 @@ def distilled_4step_accuracy(per_class: int = 50) -> dict:
             "setting": f"digits-cond, guidance {scale}, {len(labels)} samples, nested grid"}
 
 
+def few_step_table(per_class: int = 50) -> dict:
+    """digits-cond at 1, 2 and 4 steps, same noise and labels: DDIM and DPM-Solver++ with trailing
+    spacing (guided at the notebook's scale) against the zoo's distilled students (one UNet call
+    per step). Value: the 4-step DDIM accuracy."""
+    from coursekit import distill, metrics
+
+    scale = notebook_setting(UNIT4_FAST, "guidance_scale")
+    unet, scheduler = models.load_model("digits-cond")
+    judge = metrics.digit_judge(16)
+    labels = torch.arange(10).repeat_interleave(per_class)
+    noise = samplers.noise(unet, len(labels), torch.Generator().manual_seed(13))
+    rows = {}
+    for n in (1, 2, 4):
+        for name in ("ddim", "dpm++"):
+            x = samplers.sample(unet, samplers.scheduler_named(name, scheduler), noise, steps=n, labels=labels,
+                                guidance_scale=scale, progress=False)
+            rows[f"{name}@{n}"] = (judge.accuracy(x, labels), judge.fid(x))
+        student, s_sched = distill.load_student("digits-cond", n)
+        x = distill.sample_on_grid(student, s_sched, noise, steps=n, labels=labels, progress=False)
+        rows[f"student@{n}"] = (judge.accuracy(x, labels), judge.fid(x))
+    value = rows["ddim@4"][0]
+    return {"value": value, "target": ">= 0.9", "unit": "share", "met": value >= 0.9,
+            **{k: f"accuracy {a:.3f}, FD {f:.2f}" for k, (a, f) in rows.items()},
+            "setting": f"digits-cond, guidance {scale} (students: built in), {len(labels)} samples, trailing spacing"}
+
+
 def samplers_table(per_class: int = 20) -> dict:
     """Seconds and the judge's accuracy for each sampler and step count of the notebook's plan."""
     from coursekit import metrics
@@ -419,6 +445,7 @@ FIGURES = {
     "inversion_psnr_50": inversion_psnr_50,
     "edit_success": edit_success,
     "distilled_4step_accuracy": distilled_4step_accuracy,
+    "few_step_table": few_step_table,
     "samplers_table": samplers_table,
     "audio_roundtrip_db": audio_roundtrip_db,
     "genre_shift": genre_shift,

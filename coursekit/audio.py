@@ -18,6 +18,10 @@ g in [0, 255] read as g / 255 * 2 - 1, as `AudioDiffusionPipeline` does. A slice
 frames of 32 ms, about a second per image (32 frames rather than 64 halves the cost of training
 with the same frequency detail; 32 mel rows lost half the round trip's SNR). The small track's
 music is in `coursekit.music`; `coursekit.models.load_audio_model` loads a checkpoint with its preset.
+
+Silence (RMS below `SILENCE_RMS`, -100 dBFS) has no loudest bin to be relative to: it becomes the
+all -1 image, and that image becomes silence again. NaN or infinite samples, and spectrogram images
+that are not floats in about [-1, 1], are refused with the fix (`check_wave`, `check_image`).
 """
 from __future__ import annotations
 
@@ -44,6 +48,15 @@ class MelPreset:
     frames: int
     top_db: float = 80.0
     n_iter: int = 32
+
+    def __post_init__(self):
+        for name in ("sample_rate", "n_fft", "hop_length", "n_mels", "frames", "n_iter"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise AudioError(f"{name} must be a whole number >= 1, got {value!r}; start from a preset in "
+                                 "coursekit.audio.PRESETS or a model's mel_config.json")
+        if not (isinstance(self.top_db, (int, float)) and 0 < self.top_db < float("inf")):
+            raise AudioError(f"top_db must be a finite number of decibels > 0 (80 is usual), got {self.top_db!r}")
 
     @property
     def slice_samples(self) -> int:
@@ -72,6 +85,9 @@ def preset_from_config(config: dict) -> MelPreset:
                          n_iter=int(config.get("n_iter", 32)))
     except KeyError as e:
         raise AudioError(f"mel config lacks {e}; expected x_res, y_res, sample_rate, n_fft, hop_length") from None
+    except (TypeError, ValueError) as e:
+        raise AudioError(f"mel config values must be numbers ({e}); compare it with coursekit.audio.mel_config("
+                         "coursekit.audio.PRESETS['teticio'])") from None
 
 
 def mel_config(preset: MelPreset) -> dict:
@@ -80,8 +96,19 @@ def mel_config(preset: MelPreset) -> dict:
             "hop_length": preset.hop_length, "top_db": preset.top_db, "n_iter": preset.n_iter}
 
 
+SILENCE_RMS = 1e-5
+
+
+def check_rate(sample_rate, name: str = "sample_rate") -> int:
+    """A sampling rate in Hz as a whole number >= 1, else an AudioError."""
+    if isinstance(sample_rate, bool) or not isinstance(sample_rate, (int, np.integer)) or sample_rate < 1:
+        raise AudioError(f"{name} must be a whole number of Hz >= 1 (8000, 22050, ...), got {sample_rate!r}")
+    return int(sample_rate)
+
+
 def check_wave(wave, sample_rate: int, preset: MelPreset | None = None) -> torch.Tensor:
-    """A mono float waveform tensor (samples,), or a clear error saying what to change."""
+    """A mono float waveform tensor (samples,) of finite samples, or a clear error saying what to change."""
+    check_rate(sample_rate)
     if isinstance(wave, np.ndarray):
         wave = torch.from_numpy(wave)
     if not isinstance(wave, torch.Tensor):
@@ -95,6 +122,10 @@ def check_wave(wave, sample_rate: int, preset: MelPreset | None = None) -> torch
         raise AudioError("the audio is empty (0 samples)")
     if not wave.is_floating_point():
         raise AudioError(f"expected float samples in [-1, 1], got {wave.dtype}; for 16-bit PCM divide by 32768")
+    if not torch.isfinite(wave).all():
+        raise AudioError("the audio contains NaN or infinite samples; find the step that made them (a division by a "
+                         "zero peak is the usual one) or replace them: torch.nan_to_num(wave, nan=0.0, posinf=1.0, "
+                         "neginf=-1.0)")
     if preset is not None and sample_rate != preset.sample_rate:
         raise AudioError(f"the audio is at {sample_rate} Hz but the preset expects {preset.sample_rate} Hz; "
                          f"use coursekit.audio.resample(wave, {sample_rate}, {preset.sample_rate})")
@@ -106,6 +137,7 @@ def resample(wave, orig_rate: int, new_rate: int) -> torch.Tensor:
     import torchaudio.functional as AF
 
     wave = check_wave(wave, orig_rate)
+    check_rate(new_rate, "new_rate")
     return wave if orig_rate == new_rate else AF.resample(wave, orig_rate, new_rate)
 
 
@@ -114,6 +146,8 @@ def read_wav(path, sample_rate: int | None = None) -> tuple[torch.Tensor, int]:
     rather than silently mixed, and `sample_rate` resamples."""
     import soundfile as sf
 
+    if sample_rate is not None:
+        check_rate(sample_rate)
     try:
         data, rate = sf.read(path if hasattr(path, "read") else str(path), dtype="float32", always_2d=True)
     except (sf.LibsndfileError, RuntimeError, TypeError) as e:
@@ -123,7 +157,7 @@ def read_wav(path, sample_rate: int | None = None) -> tuple[torch.Tensor, int]:
     if data.shape[1] != 1:
         raise AudioError(f"{path} has {data.shape[1]} channels; coursekit's models take mono audio: "
                          "mix it down (wave.mean(0)) or pick one channel")
-    wave = torch.from_numpy(data[:, 0].copy())
+    wave = check_wave(torch.from_numpy(data[:, 0].copy()), rate)
     if sample_rate and sample_rate != rate:
         wave, rate = resample(wave, rate, sample_rate), sample_rate
     return wave, rate
@@ -156,12 +190,23 @@ def _transforms(preset: MelPreset):
     return window, filters, inverse, griffin
 
 
+def _silent(wave: torch.Tensor, preset: MelPreset) -> bool:
+    """Whether the slice `to_image` makes of `wave` (padded or cut) has an RMS below SILENCE_RMS."""
+    return float(wave[:preset.slice_samples].double().pow(2).sum()) < SILENCE_RMS ** 2 * preset.slice_samples
+
+
 def to_image(wave, preset: MelPreset, sample_rate: int | None = None) -> torch.Tensor:
     """One slice of mono audio -> a (1, n_mels, frames) image in [-1, 1] on 256 grey levels, row 0
     the lowest mel band, 0 dB (the slice's loudest bin) at 1 and -top_db or quieter at -1: the
     image audio-diffusion's `Mel.audio_slice_to_image` makes, read as `AudioDiffusionPipeline`
-    reads it. Audio shorter than a slice is padded with silence, longer audio is cut."""
-    wave = check_wave(wave, sample_rate or preset.sample_rate, preset)
+    reads it. Audio shorter than a slice is padded with silence, longer audio is cut.
+
+    A silent slice (RMS below SILENCE_RMS, -100 dBFS, under the noise floor of 16-bit audio) has no
+    loudest bin to be relative to: it gives the all -1 image, which `from_image` turns back into
+    silence (the reference's relative scale makes it all 1, full loudness)."""
+    wave = check_wave(wave, preset.sample_rate if sample_rate is None else sample_rate, preset)
+    if _silent(wave, preset):
+        return -torch.ones(1, preset.n_mels, preset.frames)
     wave = torch.nn.functional.pad(wave, (0, max(0, preset.slice_samples - len(wave))))[:preset.slice_samples]
     window, filters = _transforms(preset)[:2]
     power = torch.stft(wave, preset.n_fft, preset.hop_length, window=window, center=True, pad_mode="constant",
@@ -173,27 +218,79 @@ def to_image(wave, preset: MelPreset, sample_rate: int | None = None) -> torch.T
     return (grey / 255 * 2 - 1)[None]
 
 
+def _check_values(x, where: str) -> torch.Tensor:
+    """`x` as a float CPU tensor of finite values in about [-1, 1], else an AudioError."""
+    if isinstance(x, np.ndarray):
+        x = torch.from_numpy(x)
+    if not isinstance(x, torch.Tensor):
+        raise AudioError(f"{where} is a torch tensor in [-1, 1], got {type(x).__name__}; "
+                         "make one with coursekit.audio.to_image")
+    if not x.is_floating_point():
+        raise AudioError(f"{where} is floats in [-1, 1], got dtype {x.dtype}; for 8-bit grey levels g use "
+                         "g / 255 * 2 - 1")
+    x = x.detach().float().cpu()
+    if not torch.isfinite(x).all():
+        raise AudioError(f"{where} contains NaN or infinite values; find the step that made them (a diverged "
+                         "model or sampler) or regenerate it")
+    lo, hi = (float(x.min()), float(x.max())) if x.numel() else (0.0, 0.0)
+    if lo < -8 or hi > 8:
+        raise AudioError(f"{where} must be in [-1, 1] (a sampler's small overshoot is clipped), got "
+                         f"[{lo:.3g}, {hi:.3g}]; for 8-bit grey levels g use g / 255 * 2 - 1")
+    return x
+
+
+def check_image(image, preset: MelPreset) -> torch.Tensor:
+    """One spectrogram image of the preset ((n_mels, frames), with or without leading axes of size
+    1) as a float CPU tensor (n_mels, frames), else an AudioError that says how to fix it."""
+    x = _check_values(image, "a spectrogram image")
+    if x.ndim < 2 or tuple(x.shape[-2:]) != (preset.n_mels, preset.frames) or x.numel() != preset.n_mels * preset.frames:
+        raise AudioError(f"expected a ({preset.n_mels}, {preset.frames}) spectrogram image, got {tuple(x.shape)}; "
+                         "pass one image of the preset's size (images[i] of a batch)")
+    return x.reshape(preset.n_mels, preset.frames)
+
+
+def check_images(images) -> torch.Tensor:
+    """A batch of spectrogram images, (N, 1, n_mels, frames) or (N, n_mels, frames) with N >= 1, as
+    a float CPU tensor (N, n_mels, frames), else an AudioError that says how to fix it."""
+    x = _check_values(images, "the spectrogram images")
+    if not (x.ndim == 3 or (x.ndim == 4 and x.shape[1] == 1)):
+        raise AudioError(f"expected spectrogram images (N, 1, n_mels, frames), got {tuple(x.shape)}; "
+                         "add a batch axis with image[None]")
+    if len(x) == 0:
+        raise AudioError("got an empty batch of spectrogram images; pass at least one")
+    return x.reshape(len(x), x.shape[-2], x.shape[-1])
+
+
+def _grey_levels(image, preset: MelPreset) -> torch.Tensor:
+    """The image as `AudioDiffusionPipeline` saves it: values clipped to [-1, 1], as 8-bit grey levels."""
+    return ((check_image(image, preset) / 2 + 0.5).clamp(0, 1) * 255).round()
+
+
+def _magnitude(grey: torch.Tensor, preset: MelPreset) -> torch.Tensor:
+    power = 10 ** ((grey * preset.top_db / 255 - preset.top_db) / 10)
+    return _transforms(preset)[2](power).clamp(min=0).sqrt()
+
+
 def magnitude_from_image(image: torch.Tensor, preset: MelPreset) -> torch.Tensor:
     """The STFT magnitude (n_fft // 2 + 1, frames) that `from_image` gives Griffin-Lim: the image
-    read as 8-bit grey levels (as `AudioDiffusionPipeline` saves images), back to decibels and
+    read as 8-bit grey levels (as `AudioDiffusionPipeline` saves images: values a little outside
+    [-1, 1] are clipped, far outside, NaN and infinity refused), back to decibels and
     power, then the least-squares inverse of the Slaney mel filters with negatives set to 0
     (torchaudio's `InverseMelScale`), square-rooted. librosa's `mel_to_stft`, which the reference
     uses, starts its non-negative least squares from the same point and agrees to about 1e-4.
     The relative level is kept; the absolute level is not."""
-    if image.ndim == 3:
-        image = image[0]
-    if image.shape != (preset.n_mels, preset.frames):
-        raise AudioError(f"expected a ({preset.n_mels}, {preset.frames}) spectrogram image, got {tuple(image.shape)}")
-    grey = ((image.detach().float().cpu() / 2 + 0.5).clamp(0, 1) * 255).round()
-    power = 10 ** ((grey * preset.top_db / 255 - preset.top_db) / 10)
-    return _transforms(preset)[2](power).clamp(min=0).sqrt()
+    return _magnitude(_grey_levels(image, preset), preset)
 
 
 def from_image(image: torch.Tensor, preset: MelPreset, generator: torch.Generator | None = None) -> torch.Tensor:
     """A (1, n_mels, frames) image in [-1, 1] back to a waveform of (frames - 1) * hop_length samples,
     peak 0.9, with Griffin-Lim on `magnitude_from_image` (the phase is estimated, so the result
-    sounds like, but is not sample-equal to, the original)."""
-    magnitude = magnitude_from_image(image, preset)
+    sounds like, but is not sample-equal to, the original). An image with every pixel at the
+    lowest grey level (what `to_image` makes of silence) gives silence, not noise at peak 0.9."""
+    grey = _grey_levels(image, preset)
+    if not grey.any():
+        return torch.zeros((preset.frames - 1) * preset.hop_length)
+    magnitude = _magnitude(grey, preset)
     with torch.random.fork_rng(devices=[]):   # Griffin-Lim draws its first phases from torch's own generator
         if generator is not None:
             torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=generator)))
@@ -204,7 +301,9 @@ def from_image(image: torch.Tensor, preset: MelPreset, generator: torch.Generato
 
 def slices(wave, preset: MelPreset, sample_rate: int | None = None, hop: int | None = None) -> list[torch.Tensor]:
     """Cut long audio into model-sized pieces (`hop` samples apart; default: no overlap)."""
-    wave = check_wave(wave, sample_rate or preset.sample_rate, preset)
+    wave = check_wave(wave, preset.sample_rate if sample_rate is None else sample_rate, preset)
+    if hop is not None and (isinstance(hop, bool) or not isinstance(hop, int) or hop < 1):
+        raise AudioError(f"hop is a whole number of samples >= 1 (None: {preset.slice_samples}, no overlap), got {hop!r}")
     n, hop = preset.slice_samples, hop or preset.slice_samples
     if len(wave) < n:
         raise AudioError(f"the audio is {len(wave) / preset.sample_rate:.2f} s, shorter than one slice "
@@ -214,7 +313,15 @@ def slices(wave, preset: MelPreset, sample_rate: int | None = None, hop: int | N
 
 def join(pieces, preset: MelPreset, fade: int | None = None) -> torch.Tensor:
     """Join generated pieces end to end with a short linear crossfade (default 1/16 of a slice)."""
+    if isinstance(pieces, (torch.Tensor, np.ndarray)) and pieces.ndim < 2:
+        raise AudioError("join takes a list of waveforms (the slices to join), got one waveform; wrap it: [wave]")
+    if not len(pieces):
+        raise AudioError("join got no pieces; pass a non-empty list of waveforms")
+    pieces = [check_wave(p, preset.sample_rate) for p in pieces]
     fade = preset.slice_samples // 16 if fade is None else fade
+    shortest = min(len(p) for p in pieces)
+    if isinstance(fade, bool) or not isinstance(fade, int) or not 0 <= fade <= shortest:
+        raise AudioError(f"fade is a whole number of samples from 0 to the shortest piece ({shortest}), got {fade!r}")
     out = pieces[0].clone()
     ramp = torch.linspace(0, 1, fade) if fade else None
     for p in pieces[1:]:
@@ -229,8 +336,12 @@ def join(pieces, preset: MelPreset, fade: int | None = None) -> torch.Tensor:
 def roundtrip_db(wave, preset: MelPreset, sample_rate: int | None = None) -> float:
     """Quality of audio -> image -> audio, as spectral SNR in dB:
     20 log10(||S|| / || |S| - |S_back| ||) on STFT magnitudes (phase-blind, since Griffin-Lim
-    cannot recover the exact phase), for one slice."""
-    wave = check_wave(wave, sample_rate or preset.sample_rate, preset)[:preset.slice_samples]
+    cannot recover the exact phase), for one slice. Silence is refused: it has no SNR."""
+    wave = check_wave(wave, preset.sample_rate if sample_rate is None else sample_rate, preset)[:preset.slice_samples]
+    if _silent(wave, preset):
+        raise AudioError(f"the slice is silent (RMS below {SILENCE_RMS:g}), so its round trip is silence and has no "
+                         "SNR; measure slices with sound (skip those with wave.abs().max() < 1e-3, as "
+                         "coursekit.music.spectrogram_dataset does)")
     back = from_image(to_image(wave, preset), preset)[:len(wave)]
     wave = wave / wave.abs().max().clamp(min=1e-8) * 0.9
     window = torch.hann_window(preset.n_fft)
@@ -257,9 +368,9 @@ def spectrogram_plot(image: torch.Tensor, preset: MelPreset, title: str = "", ax
     """The image with time (s) and frequency (Hz, mel-spaced) axes, low frequencies (row 0) at the bottom."""
     import matplotlib.pyplot as plt
 
+    img = check_image(image, preset)
     if ax is None:
         _, ax = plt.subplots(figsize=(4, 3))
-    img = image.detach().float().cpu().reshape(preset.n_mels, preset.frames)
     ax.imshow(img, origin="lower", aspect="auto", cmap="magma", vmin=-1, vmax=1,
               extent=(0, preset.slice_seconds, 0, preset.n_mels))
     centres = mel_centres(preset)
@@ -279,5 +390,5 @@ def player(wave, sample_rate: int):
 def spectrogram_features(images: torch.Tensor) -> np.ndarray:
     """Per image: the mean and spread of each mel row over time, a timbre summary that ignores
     which notes are played when."""
-    x = images.detach().float().cpu().reshape(len(images), images.shape[-2], images.shape[-1])
+    x = check_images(images)
     return torch.cat([x.mean(-1), x.std(-1)], dim=1).numpy()

@@ -3,7 +3,8 @@
 Each module with commands has `add_commands(subparsers)`, which registers its subcommands, each
 with a `run(args)` handler; `coursekit` (the `cli` module) gathers them all, and `python -m
 coursekit.<module>` runs the same subcommands through `run_commands`. A coursekit error becomes
-a one-line message and exit status 1, never a traceback.
+a one-line message and exit status 1 (130 when training was interrupted and saved), never a
+traceback.
 """
 from __future__ import annotations
 
@@ -25,8 +26,13 @@ def run_commands(prog: str, description: str, registrars, argv=None, default: st
     args = parser.parse_args(argv)
     try:
         status = args.run(args)
-    except (ValueError, RuntimeError, OSError) as e:
+    except (ValueError, RuntimeError, OSError, ArithmeticError) as e:
         if not type(e).__module__.startswith("coursekit"):
             raise
         sys.exit(f"{prog} {args.command}: {e}")
+    except KeyboardInterrupt as e:
+        if not type(e).__module__.startswith("coursekit"):
+            raise
+        print(f"{prog} {args.command}: {e}", file=sys.stderr)
+        return 130
     return int(status or 0)

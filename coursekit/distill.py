@@ -1,7 +1,8 @@
 """Progressive distillation (Salimans and Ho 2022): a student learns to do in one DDIM step what
 its teacher does in two; repeat, and 64 steps become 4.
 
-    coursekit distill digits-cond      # all rounds 64 -> 4, into the zoo (or python -m coursekit.distill)
+    coursekit distill digits-cond --out runs/students   # all rounds 64 -> 1 (or python -m coursekit.distill)
+    coursekit distill digits-cond --into-package        # the same, replacing the students shipped in the zoo
     coursekit distill --list
 
 Choices, and how they differ from the paper:
@@ -35,6 +36,7 @@ from pathlib import Path
 import torch
 
 from .models import as_predictor, null_label
+from .samplers import SamplerError
 
 T_MAX = 960
 
@@ -74,6 +76,9 @@ def sample_on_grid(model, scheduler, x: torch.Tensor, *, steps: int, labels=None
         a_t = _ab(scheduler, t, x.device)
         x0 = (x - (1 - a_t).sqrt() * eps) / a_t.sqrt()
         x = ddim_step(x, eps, a_t, _ab(scheduler, ts[i + 1] if i + 1 < len(ts) else 0, x.device))
+        if not torch.isfinite(x).all():
+            raise SamplerError(f"the sample became NaN or infinite at step {i} (t={t}); check the model's weights "
+                               "and the guidance scale")
         if callback is not None:
             callback(i, {"t": t, "x": x, "x0": x0})
     return x
@@ -144,7 +149,7 @@ class DistillRecipe:
 
     teacher: str
     teacher_steps: int = 64
-    final_steps: int = 4
+    final_steps: int = 1
     guidance_scale: float = 1.5
     steps_per_round: int = 500
     batch_size: int = 64
@@ -192,7 +197,7 @@ the teacher's classifier-free guidance at scale {recipe.guidance_scale} is built
   linearly to 0 in each round, loss weight max(1, 1/SNR) capped at {recipe.max_weight}, label dropout
   {recipe.p_uncond}, seed {recipe.seed}; full recipe `coursekit.distill.RECIPES[{recipe.teacher!r}]`.
 - **Hardware**: {platform.machine()} CPU, one torch thread.
-- **Reproduce**: `coursekit distill {recipe.teacher}` (every round, into the zoo).
+- **Reproduce**: `coursekit distill {recipe.teacher} --out DIR` (every round; `--into-package` replaces the shipped students).
 
 ## Rounds
 
@@ -210,29 +215,46 @@ Judged by `coursekit.metrics.digit_judge()`, a classifier fit on real digits onl
 
 
 def train_chain(name: str, out_dir: str | Path | None = None, steps_per_round: int | None = None,
-                threads: int | None = None, evaluate_after: bool = True, progress: bool = True) -> list[Path]:
-    """All rounds of RECIPES[name]; each student saved as a zoo folder with its model card, with
-    `threads` torch threads for the run."""
-    from . import data, models, zoo
+                threads: int | None = None, evaluate_after: bool = True, progress: bool = True,
+                into_package: bool = False, resume_at: int | None = None) -> list[Path]:
+    """All rounds of RECIPES[name]; each student saved as a zoo folder with its model card in
+    `out_dir`, or with `into_package` in the package's zoo (full recipe only), with `threads`
+    torch threads for the run. `resume_at` starts from the saved student with that many steps
+    (in `out_dir`, else the zoo) instead of the teacher, to extend a chain: every round is seeded
+    by its step count, so the result is what the whole chain gives. Each round checkpoints in
+    `<student>.work` and resumes from there when run again."""
+    from . import data, models, train, zoo
     from .tracks import torch_threads
 
     if name not in RECIPES:
         raise DistillError(f"no distillation recipe named {name!r}; known: {', '.join(RECIPES)}")
     recipe = RECIPES[name]
-    per_round = steps_per_round or recipe.steps_per_round
-    out_dir = Path(out_dir) if out_dir else zoo.ZOO_DIR
-    teacher, scheduler = models.load_model(recipe.teacher)
+    per_round = recipe.steps_per_round if steps_per_round is None else train.positive_int("steps_per_round", steps_per_round)
+    out_dir = zoo.output_folder(out_dir, into_package, zoo.ZOO_DIR, per_round < recipe.steps_per_round,
+                                f"students of {name!r}")
     base = zoo.RECIPES[recipe.teacher]
     images, labels = data.tensors(data.load_dataset(base.dataset), base.size, base.channels)
-    steps, guidance, rounds, written = recipe.teacher_steps, recipe.guidance_scale, [], []
+    if resume_at is None:
+        teacher, scheduler = models.load_model(recipe.teacher)
+        steps, guidance, rounds = recipe.teacher_steps, recipe.guidance_scale, []
+    else:
+        saved = next((f / student_name(name, resume_at) for f in (out_dir, zoo.ZOO_DIR)
+                      if (f / student_name(name, resume_at) / "distill.json").is_file()), None)
+        if saved is None or resume_at <= recipe.final_steps:
+            raise DistillError(f"resume_at must name a saved student with more than {recipe.final_steps} steps; "
+                               f"no {student_name(name, resume_at)} with its distill.json in {out_dir} or the zoo")
+        teacher, scheduler = models.load_model(saved)
+        steps, guidance = resume_at, 1.0
+        rounds = json.loads((saved / "distill.json").read_text())["rounds"]
+    written = []
     with torch_threads(threads):
         while steps > recipe.final_steps:
             began = time.perf_counter()
             teacher, losses = distill_round(teacher, scheduler, images, labels if base.conditional else None,
                                             teacher_steps=steps, guidance_scale=guidance, steps=per_round,
                                             batch_size=recipe.batch_size, lr=recipe.lr, max_weight=recipe.max_weight,
-                                            p_uncond=recipe.p_uncond,
-                                            seed=recipe.seed + steps, progress=progress)
+                                            p_uncond=recipe.p_uncond, seed=recipe.seed + steps, progress=progress,
+                                            out_dir=out_dir / f"{student_name(name, steps // 2)}.work")
             rounds.append({"from": steps, "to": steps // 2, "seconds": time.perf_counter() - began,
                            "last_loss": sum(losses[-20:]) / len(losses[-20:])})
             steps, guidance = steps // 2, 1.0
@@ -243,6 +265,7 @@ def train_chain(name: str, out_dir: str | Path | None = None, steps_per_round: i
             (folder / "README.md").write_text(_card(folder.name, recipe, steps, rounds, quality))
             (folder / "distill.json").write_text(json.dumps({**asdict(recipe), "steps": steps, "steps_per_round": per_round,
                                                              "rounds": rounds, "quality": quality}, indent=2) + "\n")
+            shutil.rmtree(out_dir / f"{folder.name}.work", ignore_errors=True)
             written.append(folder)
     return written
 
@@ -260,13 +283,16 @@ def load_student(name: str, steps: int, device: str = "cpu"):
 
 def add_commands(sub) -> None:
     """`distill NAME`: every round of a recipe, each student into the zoo (`--list`: the recipes)."""
-    t = sub.add_parser("distill", help="run every round of a distillation recipe, saving each student into the zoo")
+    t = sub.add_parser("distill", help="run every round of a distillation recipe, saving each student (--out DIR)")
     t.add_argument("name", nargs="?", choices=sorted(RECIPES))
     t.add_argument("--list", action="store_true", help="list the recipes and stop")
-    t.add_argument("--out", help="folder for the students (default: the package's zoo)")
-    t.add_argument("--steps-per-round", type=int, help="override the recipe (for quick checks)")
+    t.add_argument("--out", help="folder for the students (required unless --into-package)")
+    t.add_argument("--into-package", action="store_true",
+                   help="replace the students shipped in the package (full recipe only; for maintainers)")
+    t.add_argument("--steps-per-round", type=int, help="override the recipe (for quick checks, with --out)")
     t.add_argument("--threads", type=int, default=1)
     t.add_argument("--no-eval", action="store_true")
+    t.add_argument("--resume-at", type=int, help="start from the saved student with this many steps (extends a chain)")
     t.set_defaults(run=_distill_command)
 
 
@@ -275,7 +301,8 @@ def _distill_command(args) -> None:
         for n, r in RECIPES.items():
             print(f"{n}: {r.teacher_steps} -> {r.final_steps} steps, {r.steps_per_round} steps per round")
         return
-    for path in train_chain(args.name, args.out, args.steps_per_round, args.threads, not args.no_eval):
+    for path in train_chain(args.name, args.out, args.steps_per_round, args.threads, not args.no_eval,
+                            into_package=args.into_package, resume_at=args.resume_at):
         print(f"wrote {path}")
 
 

@@ -64,6 +64,10 @@ def guided_sample(model, scheduler, x: torch.Tensor, loss_fn, *, scale: float, s
     scalar. `scale=0` gives the unguided sampler's result exactly. Other keywords (generator,
     callback, progress, trajectory, eta, ...) go to `coursekit.samplers.sample`.
     """
+    import math
+
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale):
+        raise SamplerError(f"scale must be a finite number (0: no guidance), got {scale!r}")
     predictor = as_predictor(model, x, labels=labels, guidance_scale=guidance_scale)
     _check_scheduler(scheduler)
 
@@ -78,7 +82,7 @@ def guided_sample(model, scheduler, x: torch.Tensor, loss_fn, *, scale: float, s
 def colour_loss(colour) -> "callable":
     """A loss on x0: each image's mean absolute distance of its pixels to an RGB `colour` in
     0..1, summed over the batch (so each image's gradient does not depend on the batch size)."""
-    target = torch.as_tensor(colour, dtype=torch.float32).reshape(1, -1, 1, 1) * 2 - 1
+    target = check_colour(colour).reshape(1, -1, 1, 1) * 2 - 1
 
     def loss(x0):
         if x0.shape[1] != target.shape[1]:
@@ -88,9 +92,21 @@ def colour_loss(colour) -> "callable":
     return loss
 
 
+def check_colour(colour) -> torch.Tensor:
+    """`colour` as a tensor of 1 (grey) or 3 (RGB) finite values in 0..1, else a SamplerError."""
+    try:
+        target = torch.as_tensor(colour, dtype=torch.float32).reshape(-1)
+    except (TypeError, ValueError, RuntimeError):
+        raise SamplerError(f"colour must be numbers in 0..1, such as (0.9, 0.2, 0.1) for red, got {colour!r}") from None
+    if target.numel() not in (1, 3) or not torch.isfinite(target).all() or target.min() < 0 or target.max() > 1:
+        raise SamplerError(f"colour must be 3 numbers (R, G, B) in 0..1 (or 1 for grey), such as (0.9, 0.2, 0.1), "
+                           f"got {colour!r}")
+    return target
+
+
 def mean_colour_distance(x: torch.Tensor, colour) -> float:
     """Euclidean distance, in 0..1 units, between each image's mean colour and `colour`, averaged."""
-    target = torch.as_tensor(colour, dtype=torch.float32).reshape(1, -1)
+    target = check_colour(colour).reshape(1, -1)
     mean = ((x.detach().float().cpu().clamp(-1, 1) + 1) / 2).mean(dim=(2, 3))
     return float((mean - target).norm(dim=1).mean())
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from .models import as_predictor
+from .models import NoisePredictor, as_predictor
 
 
 class InversionError(ValueError):
@@ -43,38 +43,68 @@ class Inversion:
 
     def at(self, k: int) -> torch.Tensor:
         """The latent after k inversion steps (k = 0 is the input itself)."""
-        if not 0 <= k <= self.steps:
-            raise InversionError(f"k must be between 0 and {self.steps}, got {k}")
+        check_k(k, self.steps)
         return self.latents[k]
 
 
 def check_images(unet, x: torch.Tensor, latent: bool = False) -> None:
-    """Refuse images a model cannot take: wrong rank, channels, size, dtype or value range."""
+    """Refuse images a model cannot take: wrong rank, channels, size, dtype, NaN or infinity, or
+    value range. `latent=True` (VAE latents, or noisy latents to denoise) skips size and range;
+    `unet=None` checks only what needs no model."""
     if not isinstance(x, torch.Tensor):
         raise InversionError(f"images must be a torch tensor (N, C, H, W), got {type(x).__name__}; "
                              "use coursekit.data.to_tensor for PIL images")
     if x.ndim != 4:
         raise InversionError(f"images must have shape (N, C, H, W), got {tuple(x.shape)}; add a batch axis with x[None]")
+    if len(x) == 0:
+        raise InversionError("got an empty batch (0 images); pass at least one")
     if not x.is_floating_point():
         raise InversionError(f"images must be floats in [-1, 1], got dtype {x.dtype}; use x / 127.5 - 1 for 0..255 pixels")
-    channels, size = unet.config.in_channels, unet.config.sample_size
+    if not torch.isfinite(x).all():
+        raise InversionError("the images or latents contain NaN or infinite values; rebuild them (coursekit.data.to_tensor "
+                             "for images, inversion.invert for latents) and find the step that made them")
+    if unet is None:
+        return
+    config = (unet.unet if isinstance(unet, NoisePredictor) else unet).config
+    channels, size = config.in_channels, config.sample_size
+    height, width = (size, size) if isinstance(size, int) else tuple(size)
     if x.shape[1] != channels:
         raise InversionError(f"the model takes {channels} channel(s), the images have {x.shape[1]}"
                              + ("; convert with .convert('L') or .convert('RGB') before to_tensor" if not latent else ""))
-    if not latent and (x.shape[2] != size or x.shape[3] != size):
-        raise InversionError(f"the model takes {size}x{size} images, got {x.shape[2]}x{x.shape[3]}; "
-                             f"resize them (coursekit.data.to_tensor(images, {size}, {channels}))")
+    if not latent and (x.shape[2], x.shape[3]) != (height, width):
+        shape = height if height == width else (height, width)
+        raise InversionError(f"the model takes {height}x{width} images (height x width), got {x.shape[2]}x{x.shape[3]}; "
+                             f"resize them (coursekit.data.to_tensor(images, {shape}, {channels}))")
     if not latent and (float(x.min()) < -1.001 or float(x.max()) > 1.001):
         raise InversionError(f"images must be in [-1, 1], got [{float(x.min()):.3g}, {float(x.max()):.3g}]; "
                              "for 0..1 use x * 2 - 1, for 0..255 use x / 127.5 - 1")
 
 
+def check_steps(steps, scheduler) -> int:
+    """`steps` as a whole number from 1 to the scheduler's training timesteps, else an InversionError."""
+    most = scheduler.config.num_train_timesteps
+    if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or not 1 <= steps <= most:
+        raise InversionError(f"steps must be a whole number from 1 to {most} (the training timesteps), got {steps!r}; "
+                             "50 is usual")
+    return steps
+
+
+def check_k(k, steps: int) -> int:
+    """`k` as a whole number of inversion steps from 0 to `steps`, else an InversionError."""
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 0 <= k <= steps:
+        raise InversionError(f"k must be a whole number between 0 and {steps} (the inversion steps), got {k!r}")
+    return k
+
+
 def _ddim(scheduler, steps: int):
+    """DDIM for inversion: no clipping of x0 (it would break reversibility), and "leading" spacing
+    (top step 1000 - 1000/steps), since inverting up to t = 999 divides by sqrt(alpha-bar), about
+    5e-5 on the cosine schedule."""
     from diffusers import DDIMScheduler
 
     if getattr(scheduler.config, "prediction_type", "epsilon") != "epsilon":
         raise InversionError("inversion here needs a noise-predicting (epsilon) model")
-    ddim = DDIMScheduler.from_config(scheduler.config, clip_sample=False)  # clipping x0 would break reversibility
+    ddim = DDIMScheduler.from_config(scheduler.config, clip_sample=False, timestep_spacing="leading")
     ddim.set_timesteps(steps)
     return ddim
 
@@ -91,6 +121,7 @@ def invert(unet, scheduler, x0: torch.Tensor, *, steps: int = 50, labels=None, g
     from tqdm.auto import tqdm
 
     check_images(unet, x0, latent)
+    check_steps(steps, scheduler)
     predictor = as_predictor(unet, x0, labels=labels, text=text, guidance_scale=guidance_scale)
     ddim = _ddim(scheduler, steps)
     ab = ddim.alphas_cumprod.to(x0.device)
@@ -117,9 +148,9 @@ def denoise(unet, scheduler, x: torch.Tensor, *, steps: int = 50, k: int | None 
     (k = steps: pure noise, the whole schedule) down to a clean image."""
     from tqdm.auto import tqdm
 
-    k = steps if k is None else k
-    if not 0 <= k <= steps:
-        raise InversionError(f"k must be between 0 and {steps}, got {k}")
+    check_images(unet, x, latent=True)
+    check_steps(steps, scheduler)
+    k = check_k(steps if k is None else k, steps)
     predictor = as_predictor(unet, x, labels=labels, text=text, guidance_scale=guidance_scale)
     ddim = _ddim(scheduler, steps)
     for i, t in enumerate(tqdm(ddim.timesteps[steps - k:], disable=not progress, desc="denoising", leave=False)):
@@ -134,6 +165,8 @@ def edit(unet, scheduler, inversion: Inversion, k: int, *, labels=None, guidance
          text=None, progress: bool = True) -> torch.Tensor:
     """Regenerate from the latent k inversion steps deep with a (new) condition. Small k keeps
     more of the source; large k gives the new condition more room."""
+    if not isinstance(inversion, Inversion):
+        raise InversionError(f"edit takes the Inversion that inversion.invert returns, got {type(inversion).__name__}")
     x = inversion.at(k).to(unet.device)
     return denoise(unet, scheduler, x, steps=inversion.steps, k=k, labels=labels,
                    guidance_scale=guidance_scale, text=text, progress=progress)
@@ -141,8 +174,8 @@ def edit(unet, scheduler, inversion: Inversion, k: int, *, labels=None, guidance
 
 def noise_to_level(scheduler, x0: torch.Tensor, steps: int, k: int, generator: torch.Generator | None = None):
     """x0 noised in one jump to the level reached after k of `steps` DDIM inversion steps."""
-    if not 0 <= k <= steps:
-        raise InversionError(f"k must be between 0 and {steps}, got {k}")
+    check_images(None, x0)
+    check_k(k, check_steps(steps, scheduler))
     if k == 0:
         return x0
     ddim = _ddim(scheduler, steps)
@@ -156,18 +189,27 @@ def sdedit(unet, scheduler, x0: torch.Tensor, k: int, *, steps: int = 50, labels
            latent: bool = False, progress: bool = True) -> torch.Tensor:
     """The add-noise baseline (SDEdit, img2img): fresh noise to the level of step k, then denoise."""
     check_images(unet, x0, latent)
+    check_k(k, check_steps(steps, scheduler))
     x = noise_to_level(scheduler, x0, steps, k, generator)
     return denoise(unet, scheduler, x, steps=steps, k=k, labels=labels, guidance_scale=guidance_scale,
                    text=text, progress=progress)
 
 
+def check_pair(x, reference, where: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Images and their reference, finite (N, C, H, W) float tensors of equal shapes, as CPU tensors
+    with pixels on 0..1, else an InversionError. Values outside [-1, 1] are clipped first, as for
+    display: DDIM without clipping (as inversion runs it) can stray far outside from pure noise."""
+    check_images(None, x)
+    check_images(None, reference)
+    if x.shape != reference.shape:
+        raise InversionError(f"{where} needs equal shapes, got {tuple(x.shape)} and {tuple(reference.shape)}")
+    return tuple((v.detach().float().cpu().clamp(-1, 1) + 1) / 2 for v in (x, reference))
+
+
 def psnr(x: torch.Tensor, reference: torch.Tensor) -> float:
     """Peak signal-to-noise ratio in dB of images in [-1, 1] against a reference, averaged over
     the batch: 10 log10(peak^2 / MSE) with pixels scaled to 0..1 (peak 1)."""
-    a = (x.detach().float().cpu().clamp(-1, 1) + 1) / 2
-    b = (reference.detach().float().cpu().clamp(-1, 1) + 1) / 2
-    if a.shape != b.shape:
-        raise InversionError(f"psnr needs equal shapes, got {tuple(a.shape)} and {tuple(b.shape)}")
+    a, b = check_pair(x, reference, "psnr")
     mse = ((a - b) ** 2).flatten(1).mean(1).clamp(min=1e-10)
     return float((10 * torch.log10(1 / mse)).mean())
 
@@ -177,10 +219,9 @@ def ssim(x: torch.Tensor, reference: torch.Tensor) -> float:
     batch: 1 for identical images, compares local means, contrasts and correlations."""
     from skimage.metrics import structural_similarity
 
-    a = ((x.detach().float().cpu().clamp(-1, 1) + 1) / 2).permute(0, 2, 3, 1).numpy()
-    b = ((reference.detach().float().cpu().clamp(-1, 1) + 1) / 2).permute(0, 2, 3, 1).numpy()
-    if a.shape != b.shape:
-        raise InversionError(f"ssim needs equal shapes, got {a.shape} and {b.shape}")
+    a, b = (v.permute(0, 2, 3, 1).numpy() for v in check_pair(x, reference, "ssim"))
+    if min(a.shape[1:3]) < 3:
+        raise InversionError(f"ssim needs images of at least 3x3 pixels, got {a.shape[1]}x{a.shape[2]}; use psnr")
     win = min(7, a.shape[1] - (1 - a.shape[1] % 2), a.shape[2] - (1 - a.shape[2] % 2))
     return float(np.mean([structural_similarity(p, q, data_range=1.0, channel_axis=2, win_size=win)
                           for p, q in zip(a, b)]))

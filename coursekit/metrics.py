@@ -4,6 +4,10 @@ Fréchet distances.
 Each judge is fit on real data only (digits: the track's own, scikit-learn's 8x8 digits or MNIST;
 music: real spectrogram slices), never on samples and never used to guide sampling, so it is an
 independent judge of whether a generated digit or clip is what was asked for.
+
+Every entrance refuses what it cannot measure (NaN or infinity, empty batches, labels that do not
+match the images) with a MetricsError; image batches go through `coursekit.data.check_images`,
+whose error is a DataError.
 """
 from __future__ import annotations
 
@@ -13,19 +17,38 @@ from functools import lru_cache
 import numpy as np
 
 
-def _array(labels) -> np.ndarray:
-    """Labels as a NumPy array, from a list, an array or a tensor on any device."""
-    return labels.detach().cpu().numpy() if hasattr(labels, "detach") else np.asarray(labels)
+class MetricsError(ValueError):
+    """Labels, features or settings a measure cannot use; the message says how to fix them."""
+
+
+def check_labels(labels, n: int) -> np.ndarray:
+    """One whole-number class label per image (`n` of them; a single label stands for all) as a
+    NumPy array, from a list, an array or a tensor on any device, else a MetricsError."""
+    array = labels.detach().cpu().numpy() if hasattr(labels, "detach") else np.asarray(labels)
+    if array.ndim == 0:
+        array = np.full(n, array)
+    if array.ndim != 1 or len(array) != n:
+        raise MetricsError(f"give one label per image: {n} images, labels of shape {array.shape}")
+    if array.dtype.kind not in "iu":
+        raise MetricsError(f"labels must be whole-number classes (ints or a long tensor), got dtype {array.dtype}")
+    return array
+
+
+def check_positive(value, name: str) -> int:
+    """A whole-number setting >= 1, else a MetricsError."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise MetricsError(f"{name} must be a whole number >= 1, got {value!r}")
+    return value
 
 
 def to_digit_features(x) -> np.ndarray:
-    """Images (N, 1, H, W) in [-1, 1] -> (N, 64) features on the real digits' 8x8, 0..16 scale."""
-    import torch
+    """Images (N, 1, H, W) in [-1, 1] -> (N, 64) features on the real digits' 8x8, 0..16 scale
+    (values a little outside [-1, 1] are clipped, as for display)."""
     import torch.nn.functional as F
 
-    x = torch.as_tensor(x).detach().float().cpu().clamp(-1, 1)
-    if x.ndim != 4 or x.shape[1] != 1:
-        raise ValueError(f"digit features need grey images (N, 1, H, W), got {tuple(x.shape)}")
+    from .data import check_images
+
+    x = check_images(x, "metrics.to_digit_features", channels=(1,)).detach().float().cpu().clamp(-1, 1)
     x = F.adaptive_avg_pool2d(x, 8)
     return ((x + 1) * 8).reshape(len(x), 64).numpy()
 
@@ -45,7 +68,8 @@ class DigitJudge:
 
     def accuracy(self, x, labels) -> float:
         """Share of samples `x` classified as their requested `labels`."""
-        return float(np.mean(self.predict(x) == _array(labels)))
+        predicted = self.predict(x)
+        return float(np.mean(predicted == check_labels(labels, len(predicted))))
 
     def confidence(self, x) -> float:
         """Mean top-class probability: how digit-like the samples look, whatever the digit."""
@@ -54,7 +78,8 @@ class DigitJudge:
     def diversity(self, x, labels) -> float:
         """Mean distance between two samples of the same requested class, in the judge's feature
         space, over the same measure for the real images: 1 is as varied as real data, 0 is copies."""
-        return _spread(to_digit_features(x), _array(labels)) / self.real_spread
+        features = to_digit_features(x)
+        return _spread(features, check_labels(labels, len(features))) / self.real_spread
 
     def fid(self, x) -> float:
         """Fréchet distance between samples and real digits in a 20-d PCA space of 8x8 pixels."""
@@ -69,6 +94,8 @@ def digit_judge(size: int = 16, seed: int = 0, dataset: str = "digits", limit: i
     digits of the track's own data."""
     from . import data
 
+    check_positive(size, "size")
+    check_positive(limit, "limit")
     ds = data.load_dataset(dataset)
     return fit_judge(*data.tensors(ds.select(range(min(limit, len(ds)))), size, 1), seed=seed)
 
@@ -82,7 +109,8 @@ def fit_judge(x, y, seed: int = 0) -> DigitJudge:
     from sklearn.preprocessing import StandardScaler
     from sklearn.svm import SVC
 
-    feats, y = to_digit_features(x), _array(y)
+    feats = to_digit_features(x)
+    y = check_labels(y, len(feats))
     f_train, f_test, y_train, y_test = train_test_split(feats, y, test_size=0.25, random_state=seed, stratify=y)
     svc = SVC(C=10, gamma="scale", random_state=seed)
     model = make_pipeline(StandardScaler(), CalibratedClassifierCV(svc, ensemble=False))
@@ -97,6 +125,8 @@ def _spread(features: np.ndarray, labels: np.ndarray, per_class: int = 100) -> f
 
     spreads = [pdist(features[labels == c][:per_class]).mean() for c in np.unique(labels)
                if (labels == c).sum() > 1]
+    if not spreads:
+        raise MetricsError("diversity needs at least two images of one class; give several samples per label")
     return float(np.mean(spreads))
 
 
@@ -104,6 +134,15 @@ def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
     """||mu_a - mu_b||^2 + Tr(S_a + S_b - 2 (S_a S_b)^(1/2)) between Gaussians fit to rows of a, b."""
     from scipy import linalg
 
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    for name, rows in (("a", a), ("b", b)):
+        if rows.ndim != 2 or len(rows) < 2:
+            raise MetricsError(f"frechet_distance needs feature rows (N >= 2, dims) for a covariance; {name} has shape "
+                               f"{rows.shape}")
+        if not np.isfinite(rows).all():
+            raise MetricsError(f"the features {name} contain NaN or infinite values; check the images they come from")
+    if a.shape[1] != b.shape[1]:
+        raise MetricsError(f"a and b must have the same feature dims, got {a.shape[1]} and {b.shape[1]}")
     mu_a, mu_b = a.mean(0), b.mean(0)
     s_a, s_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
     root = linalg.sqrtm(s_a @ s_b)
@@ -119,19 +158,19 @@ def pixel_fd(samples, reference, size: int = 8, dims: int = 10) -> float:
     A cheap stand-in for FID that needs no pretrained network: lower means the samples' coarse
     layout and colours are distributed more like the reference's.
     """
-    import torch
     import torch.nn.functional as F
     from sklearn.decomposition import PCA
 
-    def shrink(x):
-        x = torch.as_tensor(x).detach().float().cpu().clamp(-1, 1)
-        if x.ndim != 4:
-            raise ValueError(f"pixel_fd takes image batches (N, C, H, W), got {tuple(x.shape)}")
-        return F.adaptive_avg_pool2d(x, size).flatten(1).numpy()
+    from .data import check_images
 
-    a, b = shrink(samples), shrink(reference)
-    if a.shape[1] != b.shape[1]:
-        raise ValueError(f"samples and reference differ in channels: {samples.shape[1]} vs {reference.shape[1]}")
+    check_positive(size, "size")
+    check_positive(dims, "dims")
+    samples = check_images(samples, "metrics.pixel_fd (samples)", at_least=2)
+    reference = check_images(reference, "metrics.pixel_fd (reference)", at_least=2)
+    if samples.shape[1] != reference.shape[1]:
+        raise MetricsError(f"samples and reference differ in channels: {samples.shape[1]} vs {reference.shape[1]}")
+    a, b = (F.adaptive_avg_pool2d(x.detach().float().cpu().clamp(-1, 1), size).flatten(1).numpy()
+            for x in (samples, reference))
     dims = min(dims, len(a) - 1, len(b) - 1, b.shape[1])
     pca = PCA(dims, random_state=0).fit(b)
     return frechet_distance(pca.transform(a), pca.transform(b))
@@ -152,6 +191,10 @@ class GenreJudge:
 
     def share(self, images, genre: int) -> float:
         """Share of `images` classified as `genre`."""
+        classes = self.model.classes_.tolist()
+        if genre not in classes or isinstance(genre, bool):
+            raise MetricsError(f"genre must be one of the judge's classes {classes} (coursekit.music.GENRES for the "
+                               f"small corpus), got {genre!r}")
         return float(np.mean(self.predict(images) == genre))
 
 
@@ -160,6 +203,8 @@ def corpus_judge(preset: str = "small") -> GenreJudge:
     """The genre judge fit on every slice of the small corpus (`coursekit.data.load_dataset('music')`)."""
     from . import audio, data, music
 
+    if preset not in audio.PRESETS:
+        raise MetricsError(f"unknown preset {preset!r}; known: {', '.join(audio.PRESETS)}")
     images, labels = music.dataset_images(data.load_dataset("music"), audio.PRESETS[preset])
     return genre_judge(images, labels)
 
@@ -171,7 +216,8 @@ def genre_judge(images, labels, seed: int = 0) -> GenreJudge:
 
     from .audio import spectrogram_features
 
-    feats, y = spectrogram_features(images), _array(labels)
+    feats = spectrogram_features(images)
+    y = check_labels(labels, len(feats))
     f_train, f_test, y_train, y_test = train_test_split(feats, y, test_size=0.2, random_state=seed, stratify=y)
     model = LogisticRegression(max_iter=2000, C=1.0).fit(f_train, y_train)
     return GenreJudge(model, float(model.score(f_test, y_test)))

@@ -46,6 +46,12 @@ class NoisePredictor:
     """
 
     def __init__(self, unet, *, labels=None, text=None, guidance_scale: float = 1.0):
+        import math
+
+        if isinstance(guidance_scale, bool) or not isinstance(guidance_scale, (int, float)) \
+                or not math.isfinite(guidance_scale):
+            raise ModelError("guidance_scale must be a finite number (1: no guidance; 1.5 to 7.5 is usual), "
+                             f"got {guidance_scale!r}")
         self.unet, self.guidance_scale = unet, float(guidance_scale)
         self.text = text
         null = null_label(unet)
@@ -59,7 +65,11 @@ class NoisePredictor:
         if labels is not None:
             if null is None:
                 raise ModelError("labels were given but this UNet is unconditional (no num_class_embeds); drop labels=")
-            labels = torch.as_tensor(labels).long().reshape(-1)
+            labels = torch.as_tensor(labels)
+            if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
+                raise ModelError("labels must be whole-number class indices (a list of ints or a long tensor), "
+                                 f"got {labels.dtype}")
+            labels = labels.long().reshape(-1)
             if labels.numel() and (labels.min() < 0 or labels.max() > null):
                 raise ModelError(f"labels must lie in 0..{null - 1} ({null} means 'no class'), got {labels.tolist()}")
             labels = labels.to(unet.device)
@@ -72,6 +82,10 @@ class NoisePredictor:
         channels = self.unet.config.in_channels
         if x.ndim != 4 or x.shape[1] != channels:
             raise ModelError(f"x must have shape (N, {channels}, H, W) for this model, got {tuple(x.shape)}")
+        if not x.is_floating_point():
+            raise ModelError(f"x must be a float tensor (noise or images in [-1, 1]), got {x.dtype}")
+        if not torch.isfinite(x).all():
+            raise ModelError("x contains NaN or infinite values; start from samplers.noise(...) or images in [-1, 1]")
         n = x.shape[0]
         if self.labels is not None and self.labels.numel() not in (1, n):
             raise ModelError(f"got {self.labels.numel()} labels for {n} samples; give one label per sample")

@@ -16,9 +16,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .audio import AudioError, MelPreset, resample, slices, to_image
+from .audio import AudioError, MelPreset, check_rate, resample, slices, to_image
 
 GENRES = ("chorale", "fiddle")
+TIMBRES = ("organ", "violin")
 CORPUS_VERSION = 1
 
 
@@ -39,7 +40,14 @@ def _voice(freq: float, seconds: float, rate: int, timbre: str, rng: np.random.G
 
 
 def render_score(score, rate: int, timbre: str, seconds_per_quarter: float, seed: int = 0) -> np.ndarray:
-    """Every note of a music21 score as a sum of harmonics, normalised to peak 0.9."""
+    """Every note of a music21 score as a sum of harmonics, normalised to peak 0.9 (a score with
+    no notes gives silence)."""
+    check_rate(rate, "rate")
+    if timbre not in TIMBRES:
+        raise AudioError(f"unknown timbre {timbre!r}; coursekit renders {', '.join(TIMBRES)}")
+    if not (isinstance(seconds_per_quarter, (int, float)) and 0 < seconds_per_quarter < float("inf")):
+        raise AudioError(f"seconds_per_quarter must be a finite number > 0 (0.5 is 120 beats a minute), "
+                         f"got {seconds_per_quarter!r}")
     rng = np.random.default_rng(seed)
     flat = score.flatten().notes
     total = float(score.flatten().highestTime) * seconds_per_quarter + 0.5
@@ -65,6 +73,10 @@ def music_corpus(per_genre: int = 40, rate: int = 8000, cache: bool = True) -> d
     chorales on an organ-like timbre (genre 0) and reels from Ryan's Mammoth Collection on a
     violin-like timbre (genre 1). Cached on disk (COURSEKIT_CACHE, default ~/.cache/coursekit)."""
     import music21
+
+    check_rate(rate, "rate")
+    if isinstance(per_genre, bool) or not isinstance(per_genre, int) or per_genre < 1:
+        raise AudioError(f"per_genre must be a whole number of pieces >= 1, got {per_genre!r}")
 
     key = hashlib.sha1(json.dumps([CORPUS_VERSION, per_genre, rate, music21.__version__]).encode()).hexdigest()[:12]
     path = _cache_dir() / f"music-{key}.npz"
@@ -108,7 +120,13 @@ def music_corpus(per_genre: int = 40, rate: int = 8000, cache: bool = True) -> d
 
 
 def spectrogram_dataset(corpus: dict, preset: MelPreset, genre: int | None = None, hop: int | None = None):
-    """(images (N, 1, n_mels, frames), genre labels) from every slice of every piece."""
+    """(images (N, 1, n_mels, frames), genre labels) from every slice of every piece, less the
+    near-silent ones (peak below 1e-3), which teach a model nothing about the music."""
+    if not isinstance(corpus, dict) or not {"wave", "genre"} <= set(corpus):
+        raise AudioError("corpus is a dict with lists 'wave' (float arrays) and 'genre' (ints), as "
+                         "coursekit.music.music_corpus() returns; for a dataset use dataset_images")
+    if len(corpus["wave"]) != len(corpus["genre"]):
+        raise AudioError(f"corpus has {len(corpus['wave'])} waves but {len(corpus['genre'])} genres; give one genre per wave")
     images, labels = [], []
     for wave, g in zip(corpus["wave"], corpus["genre"]):
         if genre is not None and g != genre:
@@ -118,6 +136,10 @@ def spectrogram_dataset(corpus: dict, preset: MelPreset, genre: int | None = Non
                 continue
             images.append(to_image(piece, preset))
             labels.append(g)
+    if not images:
+        raise AudioError(f"no slice with sound ({preset.slice_seconds:.2f} s, peak at least 1e-3)"
+                         + ("" if genre is None else f" of genre {genre}") + " in the corpus; give longer or louder audio"
+                         + ("" if genre is None else f", or a genre among {sorted(set(corpus['genre']))}"))
     return torch.stack(images), torch.tensor(labels)
 
 
@@ -126,11 +148,20 @@ def dataset_images(dataset, preset: MelPreset, genre: str | int | None = None, h
     """(images, genre labels) of every slice of a `coursekit.data.load_dataset('music')`-style dataset
     (columns audio, sampling_rate, label), resampled to the preset's rate; `genre` keeps one,
     `pieces` keeps the first that many recordings."""
+    missing = {"audio", "label"} - set(getattr(dataset, "column_names", None) or ())
+    if missing:
+        raise AudioError(f"dataset_images takes a music dataset (columns audio, sampling_rate, label, as "
+                         f"coursekit.data.load_dataset('music') gives); this one lacks {', '.join(sorted(missing))}")
+    if pieces is not None and (isinstance(pieces, bool) or not isinstance(pieces, int) or pieces < 1):
+        raise AudioError(f"pieces is a whole number of recordings >= 1 (None: all), got {pieces!r}")
+    names = dataset.features["label"].names
     if isinstance(genre, str):
-        names = dataset.features["label"].names
         if genre not in names:
             raise AudioError(f"unknown genre {genre!r}; this dataset has {', '.join(names)}")
         genre = names.index(genre)
+    elif genre is not None:
+        if isinstance(genre, bool) or not isinstance(genre, int) or not 0 <= genre < len(names):
+            raise AudioError(f"genre is a name ({', '.join(names)}) or an index 0..{len(names) - 1}, got {genre!r}")
     if genre is not None:
         dataset = dataset.select([i for i, g in enumerate(dataset.with_format(None)["label"]) if g == genre])
     if pieces is not None:

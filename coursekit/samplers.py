@@ -70,6 +70,7 @@ def sample(model, scheduler, x: torch.Tensor, *, steps: int = 25, labels=None,
     from tqdm.auto import tqdm
 
     predictor = as_predictor(model, x, labels=labels, guidance_scale=guidance_scale)
+    check_steps(steps, scheduler)
     scheduler.set_timesteps(steps)
     if "generator" in inspect.signature(scheduler.step).parameters:
         step_kwargs["generator"] = generator
@@ -87,17 +88,59 @@ def sample(model, scheduler, x: torch.Tensor, *, steps: int = 25, labels=None,
             traj.xs.append(x.cpu())
             traj.x0s.append(None if x0 is None else x0.cpu())
         x = out.prev_sample
+        if not torch.isfinite(x).all():
+            raise SamplerError(f"the sample became NaN or infinite at step {i} (t={int(t)}); check the model's weights, "
+                               "the guidance scale and the scheduler")
         if callback is not None:
             callback(i, {"t": t, "x": x, "x0": x0})
     return (x, traj) if trajectory else x
+
+
+SIGMA_MAX = 20.0
+
+
+def spaced(cls, scheduler, **extra):
+    """A `cls` scheduler on `scheduler`'s noise schedule with "trailing" timestep spacing, so that
+    any number of steps starts at the noisiest training timestep (Lin et al. 2024, *Common
+    Diffusion Noise Schedules and Sample Steps are Flawed*). diffusers' default, "leading",
+    starts 4 DDIM steps at t = 750 and 1 step at t = 0, skipping the noisiest part.
+
+    Where a schedule ends with almost no signal (the cosine schedule's alpha-bar at t = 999 is
+    about 2e-9), a noise-predicting model's estimate of x0 there is huge and must be clipped, as
+    DDIM and DDPM do when the config says `clip_sample`: DPM-Solver++ gets the same clipping
+    (`thresholding` to the same range), and Karras sigmas (Karras et al. 2022) start no higher
+    than sigma = 20, where 1/400 of the variance is still signal (Stable Diffusion's schedule
+    ends at 14.6). Plain Euler can do neither, so it keeps diffusers' "leading" spacing.
+    """
+    import diffusers
+
+    settings = {"timestep_spacing": "trailing"}
+    clip = bool(scheduler.config.get("clip_sample", False))
+    if issubclass(cls, diffusers.DPMSolverMultistepScheduler) and clip:
+        settings.update(thresholding=True, sample_max_value=float(scheduler.config.get("clip_sample_range", 1.0)))
+    if issubclass(cls, diffusers.EulerDiscreteScheduler):
+        if extra.get("use_karras_sigmas"):
+            ab = cls.from_config(scheduler.config).alphas_cumprod
+            settings["sigma_max"] = min(SIGMA_MAX, float(((1 - ab[-1]) / ab[-1]) ** 0.5))
+        else:
+            settings["timestep_spacing"] = "leading"
+    return cls.from_config(scheduler.config, **{**settings, **extra})
+
+
+def check_steps(steps, scheduler) -> int:
+    """`steps` as a whole number from 1 to the scheduler's training timesteps, else a SamplerError."""
+    most = scheduler.config.num_train_timesteps
+    if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= most:
+        raise SamplerError(f"steps must be a whole number from 1 to {most} (the training timesteps), got {steps!r}")
+    return steps
 
 
 def ddpm(model, scheduler, x, *, steps: int | None = None, **kwargs):
     """DDPM ancestral sampling (Ho et al., 2020): by default all the training timesteps."""
     from diffusers import DDPMScheduler
 
-    scheduler = DDPMScheduler.from_config(scheduler.config)
-    return sample(model, scheduler, x, steps=steps or scheduler.config.num_train_timesteps, **kwargs)
+    scheduler = spaced(DDPMScheduler, scheduler)
+    return sample(model, scheduler, x, steps=scheduler.config.num_train_timesteps if steps is None else steps, **kwargs)
 
 
 def ddim(model, scheduler, x, *, steps: int = 25, eta: float = 0.0, **kwargs):
@@ -106,8 +149,7 @@ def ddim(model, scheduler, x, *, steps: int = 25, eta: float = 0.0, **kwargs):
 
     if not 0.0 <= eta <= 1.0:
         raise SamplerError(f"eta must lie in [0, 1] (0: deterministic DDIM, 1: DDPM-like), got {eta}")
-    scheduler = DDIMScheduler.from_config(scheduler.config)
-    return sample(model, scheduler, x, steps=steps, eta=eta, **kwargs)
+    return sample(model, spaced(DDIMScheduler, scheduler), x, steps=steps, eta=eta, **kwargs)
 
 
 SCHEDULERS = {
@@ -121,10 +163,11 @@ SCHEDULERS = {
 
 def scheduler_named(name: str, scheduler):
     """A diffusers scheduler of kind `name` ('ddpm', 'ddim', 'dpm++', 'euler', 'euler-karras')
-    built from another scheduler's config, so it uses the model's own noise schedule."""
+    built from another scheduler's config, so it uses the model's own noise schedule, with
+    trailing spacing (`spaced`)."""
     import diffusers
 
     if name not in SCHEDULERS:
         raise SamplerError(f"unknown scheduler {name!r}; known: {', '.join(SCHEDULERS)}")
     cls, extra = SCHEDULERS[name]
-    return getattr(diffusers, cls).from_config(scheduler.config, **extra)
+    return spaced(getattr(diffusers, cls), scheduler, **extra)

@@ -5,7 +5,9 @@ Each zoo checkpoint is a diffusers-format folder (`unet/` with config and safete
 alone gives a working small track; `coursekit.models.load_model(name)` loads it, as it loads a
 folder or a Hub id. Every checkpoint is retrained from its recipe with
 
-    coursekit train digits-cond        (or: python -m coursekit.zoo train digits-cond)
+    coursekit train digits-cond --out runs/digits-cond     (or: python -m coursekit.zoo train ...)
+
+and only `--into-package` (full recipe only) replaces the checkpoint shipped in the package.
 """
 from __future__ import annotations
 
@@ -120,7 +122,7 @@ def build(recipe: Recipe):
             size = recipe.size if not recipe.audio_preset else recipe.shape
             unet = UNet2DModel(sample_size=size, in_channels=recipe.channels,
                                out_channels=recipe.channels, **recipe.unet, **extra)
-    scheduler = DDPMScheduler(num_train_timesteps=1000, beta_schedule=recipe.beta_schedule)
+    scheduler = DDPMScheduler(num_train_timesteps=1000, beta_schedule=recipe.beta_schedule, timestep_spacing="trailing")
     return unet, scheduler
 
 
@@ -207,7 +209,7 @@ tags: [coursekit, diffusion, small-track]
   steps), EMA {recipe.ema_decay}, label dropout {recipe.p_uncond}, seed {recipe.seed}.
   Full recipe: `coursekit.zoo.RECIPES[{name!r}]`.
 - **Training time**: {seconds / 60:.1f} minutes on {platform.machine()} CPU, one torch thread.
-- **Reproduce**: `coursekit train {name}`
+- **Reproduce**: `coursekit train {name} --out DIR` (`--into-package` replaces this shipped checkpoint)
 
 ## Measured quality
 {judged}{sweep}
@@ -238,18 +240,36 @@ def reevaluate(name: str, folder: str | os.PathLike | None = None, per_class: in
     return quality
 
 
+def output_folder(out, into_package: bool, default: Path, shortened: bool, what: str) -> Path:
+    """Where a training command writes: `out`, or the package's own `default` only when asked
+    with `into_package` and never for a run shorter than its recipe (a shipped checkpoint is what
+    every notebook loads)."""
+    if into_package:
+        if out is not None:
+            raise ZooError("give either an output folder or into_package (--into-package), not both")
+        if shortened:
+            raise ZooError(f"a shorter run than the recipe would replace the shipped {what} that every notebook "
+                           "uses; train it into a folder of your own (--out DIR) instead")
+        return default
+    if out is None:
+        raise ZooError(f"say where to write the {what}: --out DIR (a folder of your own), or --into-package to "
+                       "replace the checkpoint shipped in the package with a full-recipe run")
+    return Path(out)
+
+
 def train_checkpoint(name: str, out: str | os.PathLike | None = None, steps: int | None = None,
-                     threads: int | None = None, evaluate_after: bool = True, progress: bool = True) -> Path:
-    """Retrain zoo checkpoint `name` from its recipe into `out` (default: the package's zoo folder),
-    with `threads` torch threads for the run."""
+                     threads: int | None = None, evaluate_after: bool = True, progress: bool = True,
+                     into_package: bool = False) -> Path:
+    """Retrain zoo checkpoint `name` from its recipe into the folder `out`, or, with
+    `into_package`, into the package's own zoo (full recipe only), with `threads` torch threads."""
     from . import train as training
     from .tracks import torch_threads
 
     if name not in RECIPES:
         raise ZooError(f"no recipe named {name!r}; known: {', '.join(recipe_names())}")
     recipe = RECIPES[name]
-    out = Path(out) if out else ZOO_DIR / name
-    steps = steps or recipe.steps
+    steps = recipe.steps if steps is None else training.positive_int("steps", steps)
+    out = output_folder(out, into_package, ZOO_DIR / name, steps < recipe.steps, f"checkpoint {name!r}")
     unet, scheduler = build(recipe)
     images, labels = training_images(recipe)
     work = out.with_name(out.name + ".work")
@@ -258,7 +278,7 @@ def train_checkpoint(name: str, out: str | os.PathLike | None = None, steps: int
                                 steps=steps, batch_size=recipe.batch_size, lr=recipe.lr,
                                 warmup=min(recipe.warmup, steps // 2), ema_decay=recipe.ema_decay,
                                 p_uncond=recipe.p_uncond, seed=recipe.seed, out_dir=work,
-                                progress=progress)
+                                run={"recipe": name}, progress=progress)
         model = result.best
         save_model(model, scheduler, out)
         if recipe.audio_preset:
@@ -276,8 +296,10 @@ def add_commands(sub) -> None:
     t = sub.add_parser("train", help="retrain a zoo checkpoint from its recipe (--list: the recipes)")
     t.add_argument("name", nargs="?", choices=recipe_names())
     t.add_argument("--list", action="store_true", help="list the recipes and stop")
-    t.add_argument("--out", help="output folder (default: the package's own zoo folder)")
-    t.add_argument("--steps", type=int, help="override the recipe's step count (for quick checks)")
+    t.add_argument("--out", help="output folder (required unless --into-package)")
+    t.add_argument("--into-package", action="store_true",
+                   help="replace the checkpoint shipped in the package (full recipe only; for maintainers)")
+    t.add_argument("--steps", type=int, help="override the recipe's step count (for quick checks, with --out)")
     t.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     t.add_argument("--no-eval", action="store_true", help="skip the quality evaluation")
     t.set_defaults(run=_train_command)
@@ -293,7 +315,8 @@ def _train_command(args) -> None:
             print(f"{n}: {RECIPES[n].description}")
         return
     began = time.perf_counter()
-    path = train_checkpoint(args.name, args.out, args.steps, args.threads, evaluate_after=not args.no_eval)
+    path = train_checkpoint(args.name, args.out, args.steps, args.threads, evaluate_after=not args.no_eval,
+                            into_package=args.into_package)
     print(f"wrote {path} in {time.perf_counter() - began:.0f} s")
 
 

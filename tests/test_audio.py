@@ -51,6 +51,34 @@ def test_roundtrip_quality_on_synthetic_signals():
     assert good > wrong_db + 3
 
 
+@pytest.mark.parametrize("quiet", [torch.zeros(P.slice_samples), 1e-6 * torch.randn(P.slice_samples),
+                                   torch.zeros(100)])
+def test_silence_is_a_silent_image_and_back_to_silence(quiet):
+    """The image is relative to the slice's loudest bin, so silence (and noise far under 16-bit
+    audio's floor) would otherwise become a full-loudness image and loud noise."""
+    image = audio.to_image(quiet, P)
+    torch.testing.assert_close(image, -torch.ones(1, P.n_mels, P.frames))
+    back = audio.from_image(image, P)
+    assert back.shape == ((P.frames - 1) * P.hop_length,) and not back.any()
+
+
+def test_quiet_sound_is_not_silence():
+    """A tone at -83 dBFS (RMS 7e-5) is still a tone: its loudest bin is at 1, in the row of a
+    loud 440 Hz tone's, and it comes back at peak 0.9."""
+    quiet = tone(440, amp=1e-4)
+    image = audio.to_image(quiet, P)
+    assert image.max() == pytest.approx(1.0) and (image > -1).float().mean() > 0.1
+    assert image[0].mean(1).argmax() == audio.to_image(tone(440), P)[0].mean(1).argmax()
+    assert audio.from_image(image, P).abs().max() == pytest.approx(0.9)
+
+
+def test_a_samplers_overshoot_is_clipped_as_the_pipeline_clips_it():
+    image = audio.to_image(tone(330), P)
+    over = image * 1.05
+    assert over.max() > 1 and over.min() < -1
+    torch.testing.assert_close(audio.magnitude_from_image(over, P), audio.magnitude_from_image(over.clamp(-1, 1), P))
+
+
 def test_from_image_refuses_the_wrong_shape():
     with pytest.raises(audio.AudioError, match=r"\(64, 32\)"):
         audio.from_image(torch.zeros(1, 32, 32), P)

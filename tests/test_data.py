@@ -48,11 +48,27 @@ def test_to_tensor_scales_to_minus_one_one_and_back():
     assert back.tobytes() == ds[0]["image"].tobytes()
 
 
+def test_to_tensor_takes_height_and_width():
+    ds = data.load_dataset("digits")
+    x = data.to_tensor(ds[:2]["image"], (16, 8), 1)
+    assert x.shape == (2, 1, 16, 8)
+    torch.testing.assert_close(x, data.to_tensor(ds[:2]["image"], [16, 8], 1))
+
+
+def test_each_dataset_names_its_splits_and_a_valid_split_passes_the_check():
+    assert data.dataset_splits("digits") == data.dataset_splits("music") == ("train",)
+    assert data.dataset_splits("mnist") == data.dataset_splits("ylecun/mnist") == ("train", "test")
+    assert data.dataset_splits("lewtun/music_genres_small") == ("train",)
+    with pytest.raises(data.DataError, match=r"ylecun/mnist .*data.load_dataset\('digits'\)"):
+        data.load_dataset("mnist", split="test")  # offline: the split is valid, the Hub is what is missing
+
+
 def test_to_pil_handles_rgb_and_single_images():
     x = torch.linspace(-1, 1, 3 * 4 * 4).reshape(3, 4, 4)
     im = data.to_pil(x)[0]
     assert im.mode == "RGB" and im.size == (4, 4)
     assert im.getpixel((0, 0)) == (0, 87, 174)  # channels start at -1, -1 + 32/47, -1 + 64/47
+    assert data.to_pil(torch.zeros(0, 1, 4, 4)) == []
 
 
 @pytest.mark.parametrize("bad, message", [

@@ -11,7 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from coursekit import finetune, models
+from coursekit import finetune, models, train
 from tests.helpers import tiny_unet
 
 ROOT = Path(__file__).parent.parent
@@ -49,7 +49,7 @@ def test_two_processes_interrupted_and_resumed_train_what_one_process_trains(tmp
     one = distributed_train.run(str(tmp_path / "one"), world=1)
     crashed = launch("tests/distributed_train.py", str(tmp_path / "two"), "2", check=False)
     assert crashed.returncode != 0 and "interrupted at step 2" in crashed.stderr
-    assert torch.load(tmp_path / "two" / "checkpoint" / "state.pt", weights_only=True)["step"] == 2
+    assert torch.load(train.latest_checkpoint(tmp_path / "two") / "state.pt", weights_only=True)["step"] == 2
     resumed = launch("tests/distributed_train.py", str(tmp_path / "two"))
     assert "resuming from" in resumed.stdout + resumed.stderr
     start = tiny_unet(classes=3).state_dict()

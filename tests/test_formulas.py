@@ -252,13 +252,13 @@ def test_notebook_ddim_at_eta_one_is_the_notebooks_ddpm_step(t, t_prev):
 
 
 def test_coursekit_ddim_with_the_true_noise_lands_on_the_forward_process_at_every_step():
-    ab = alpha_bar("squaredcos_cap_v2")
-    sched = tiny_scheduler()
+    ab = alpha_bar("linear")   # the cosine schedule's alpha-bar at t = 999 (2e-9) is below float32's reach here
+    sched = tiny_scheduler("linear")
     x0, eps = clean_and_noise(13)
     states = []
-    out = samplers.ddim(FixedEps(eps), sched, q_sample(ab, 900, x0, eps), steps=10, progress=False,
+    out = samplers.ddim(FixedEps(eps), sched, q_sample(ab, 999, x0, eps), steps=10, progress=False,
                         callback=lambda i, s: states.append(s))
-    assert [int(s["t"]) for s in states] == list(range(900, -1, -100))
+    assert [int(s["t"]) for s in states] == list(range(999, -1, -100)), "trailing spacing: from t = 999"
     for s in states:
         t_prev = int(s["t"]) - 100
         torch.testing.assert_close(s["x"], q_sample(ab, t_prev if t_prev >= 0 else None, x0, eps), atol=1e-4, rtol=1e-4)

@@ -111,7 +111,7 @@ def test_class_channels_unet_conditions_through_extra_input_channels_and_saves_l
     r = train.train(m, tiny_scheduler(), torch.rand(16, 1, 8, 8) * 2 - 1, torch.randint(0, 3, (16,)), steps=2,
                     batch_size=8, p_uncond=0.5, ema_decay=0.9, out_dir=tmp_path, progress=False)
     assert len(r.losses) == 2 and isinstance(r.ema_unet, models.ClassChannelsUNet)
-    assert (tmp_path / "checkpoint" / "model.safetensors").exists()
+    assert (train.latest_checkpoint(tmp_path) / "model.safetensors").exists()
     with pytest.raises(models.ModelError, match="needs class_labels"):
         m(x, t)
     with pytest.raises(models.ModelError, match="1 or 3 channels"):

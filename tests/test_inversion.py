@@ -100,6 +100,34 @@ def test_bad_images_are_refused_with_the_fix(bad, match):
         inversion.invert(unet, sched, bad, steps=4, progress=False)
 
 
+@pytest.mark.parametrize("sample_size", [(16, 8), [16, 8]])
+def test_a_rectangular_model_inverts_and_edits_its_own_shape(sample_size):
+    """A 16x8 UNet (sample_size as a tuple, or a list as a saved config gives it back): its images
+    invert, denoise and go through SDEdit; the other orientation is refused naming the fix."""
+    unet, sched = tiny_unet(size=sample_size), tiny_scheduler()
+    x = torch.rand(2, 1, 16, 8, generator=torch.Generator().manual_seed(7)) * 2 - 1
+    inv = inversion.invert(unet, sched, x, steps=4, progress=False)
+    assert [tuple(latent.shape) for latent in inv.latents] == [(2, 1, 16, 8)] * 5
+    back = inversion.denoise(unet, sched, inv.at(4), steps=4, progress=False)
+    assert back.shape == x.shape and torch.isfinite(back).all()
+    torch.testing.assert_close(inversion.sdedit(unet, sched, x, 0, steps=4, progress=False), x)
+    edited = inversion.sdedit(unet, sched, x, 3, steps=4, generator=torch.Generator().manual_seed(0), progress=False)
+    assert edited.shape == x.shape
+    with pytest.raises(inversion.InversionError, match=r"takes 16x8 images.*to_tensor\(images, \(16, 8\), 1\)"):
+        inversion.invert(unet, sched, x.transpose(2, 3), steps=4, progress=False)
+
+
+def test_a_noise_predictor_is_checked_against_its_unet():
+    """invert takes a NoisePredictor as it takes a UNet, and checks images against the UNet inside."""
+    unet, sched = tiny_unet(size=16), tiny_scheduler()
+    x = torch.rand(1, 1, 16, 16, generator=torch.Generator().manual_seed(8)) * 2 - 1
+    by_unet = inversion.invert(unet, sched, x, steps=3, progress=False)
+    by_predictor = inversion.invert(models.as_predictor(unet), sched, x, steps=3, progress=False)
+    torch.testing.assert_close(by_predictor.at(3), by_unet.at(3))
+    with pytest.raises(inversion.InversionError, match="16x16"):
+        inversion.invert(models.as_predictor(unet), sched, x[..., :8], steps=3, progress=False)
+
+
 def test_bad_k_is_refused(digits):
     unet, sched = tiny_unet(size=16), tiny_scheduler()
     inv = inversion.invert(unet, sched, digits[0][:1], steps=4, progress=False)

@@ -18,7 +18,7 @@ REFERENCE_CASES = sorted(load_file(str(REFERENCE)))
 @pytest.mark.parametrize("name", REFERENCE_CASES)
 def test_each_path_gives_the_numbers_it_gave_before(now, name):
     before = load_file(str(REFERENCE))[name]
-    torch.testing.assert_close(now[name], before, atol=2e-5, rtol=2e-4)   # rtol: thread counts reorder sums
+    torch.testing.assert_close(now[name], before, atol=2e-5, rtol=5e-4)   # rtol: thread counts reorder sums
 
 
 def test_the_reference_covers_every_path(now):

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 import torch
-from diffusers import DDIMPipeline, DDIMScheduler, DDPMPipeline
+from diffusers import DDIMPipeline, DDIMScheduler, DDPMPipeline, DDPMScheduler
 
 from coursekit import models, samplers
 from tests.helpers import tiny_scheduler, tiny_unet
@@ -10,7 +10,7 @@ from tests.helpers import tiny_scheduler, tiny_unet
 @pytest.mark.parametrize("eta", [0.0, 0.5, 1.0])
 def test_ddim_equals_diffusers_ddim_pipeline(eta):
     unet, sched = tiny_unet(), tiny_scheduler()
-    pipe = DDIMPipeline(unet=unet, scheduler=DDIMScheduler.from_config(sched.config))
+    pipe = DDIMPipeline(unet=unet, scheduler=DDIMScheduler.from_config(sched.config, timestep_spacing="trailing"))
     pipe.set_progress_bar_config(disable=True)
     expected = pipe(batch_size=3, generator=torch.Generator().manual_seed(0), eta=eta,
                     num_inference_steps=10, output_type="np").images
@@ -22,7 +22,7 @@ def test_ddim_equals_diffusers_ddim_pipeline(eta):
 
 def test_ddpm_equals_diffusers_ddpm_pipeline():
     unet, sched = tiny_unet(), tiny_scheduler("linear")
-    pipe = DDPMPipeline(unet=unet, scheduler=sched)
+    pipe = DDPMPipeline(unet=unet, scheduler=DDPMScheduler.from_config(sched.config, timestep_spacing="trailing"))
     pipe.set_progress_bar_config(disable=True)
     expected = pipe(batch_size=2, generator=torch.Generator().manual_seed(1), num_inference_steps=20,
                     output_type="np").images
@@ -72,8 +72,54 @@ def test_trajectory_and_callback():
     x, traj = samplers.ddim(unet, sched, torch.randn(2, 1, 8, 8), steps=5, trajectory=True,
                             callback=lambda step, state: calls.append(step), progress=False)
     assert calls == [0, 1, 2, 3, 4]
-    assert traj.timesteps == [800, 600, 400, 200, 0]
+    assert traj.timesteps == [999, 799, 599, 399, 199]
     assert len(traj.xs) == len(traj.x0s) == 5 and traj.x0s[0].shape == x.shape
+
+
+@pytest.mark.parametrize("steps", [1, 2, 4, 50])
+@pytest.mark.parametrize("name", ["ddpm", "ddim", "dpm++"])
+def test_samplers_start_at_the_noisiest_step_for_any_count(name, steps):
+    sched = samplers.scheduler_named(name, tiny_scheduler())
+    sched.set_timesteps(steps)
+    assert len(sched.timesteps) == steps and int(sched.timesteps[0]) == 999
+
+
+def test_dpm_solver_clips_its_x0_estimate_as_ddim_does():
+    sched = samplers.scheduler_named("dpm++", tiny_scheduler())
+    assert sched.config.thresholding and sched.config.sample_max_value == 1.0
+    latent = samplers.scheduler_named("dpm++", DDPMScheduler(clip_sample=False))
+    assert not latent.config.thresholding, "no clipping for models whose config does not ask for it (latents)"
+
+
+@pytest.mark.parametrize("steps", [1, 4, 50])
+def test_karras_sigmas_start_at_sigma_max_or_the_schedules_top(steps):
+    sched = samplers.scheduler_named("euler-karras", tiny_scheduler())   # cosine: top sigma about 20,000
+    sched.set_timesteps(steps)
+    assert float(sched.sigmas[0]) == pytest.approx(samplers.SIGMA_MAX, rel=1e-4)
+    linear = samplers.scheduler_named("euler-karras", DDPMScheduler(beta_schedule="scaled_linear", beta_start=0.00085,
+                                                                    beta_end=0.012))   # Stable Diffusion's: top 14.6
+    linear.set_timesteps(steps)
+    assert float(linear.sigmas[0]) == pytest.approx(14.6, abs=0.05)
+
+
+def test_plain_euler_keeps_leading_spacing():
+    sched = samplers.scheduler_named("euler", tiny_scheduler())
+    sched.set_timesteps(4)
+    assert [round(float(t)) for t in sched.timesteps] == [750, 500, 250, 0]
+
+
+def test_one_ddim_step_denoises_instead_of_returning_the_clipped_noise():
+    unet, sched = tiny_unet(), tiny_scheduler()
+    seen = []
+    noise = torch.randn(2, 1, 8, 8, generator=torch.Generator().manual_seed(0)) * 2
+    x = samplers.ddim(unet, sched, noise, steps=1, callback=lambda step, state: seen.append(int(state["t"])), progress=False)
+    assert seen == [999]
+    assert not torch.allclose(x, noise.clamp(-1, 1))
+    old = []
+    leading = samplers.sample(unet, DDIMScheduler.from_config(sched.config, timestep_spacing="leading"), noise, steps=1,
+                              callback=lambda step, state: old.append(int(state["t"])), progress=False)
+    assert old == [0]   # diffusers' default: the one step sits at t = 0 and returns about the clipped noise
+    torch.testing.assert_close(leading, noise.clamp(-1, 1), atol=0.05, rtol=0)
 
 
 @pytest.mark.parametrize("name", sorted(samplers.SCHEDULERS))

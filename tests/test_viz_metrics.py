@@ -28,7 +28,7 @@ def test_plots_return_figures():
     _, traj = samplers.ddim(unet, sched, torch.randn(1, 1, 8, 8), steps=6, trajectory=True, progress=False)
     fig = viz.trajectory_strip(traj, n=4)
     assert len(fig.axes) == 8
-    assert [t.get_text() for t in (ax.title for ax in fig.axes[:4])] == ["t=830", "t=498", "t=332", "t=0"]
+    assert [t.get_text() for t in (ax.title for ax in fig.axes[:4])] == ["t=999", "t=666", "t=499", "t=166"]
     assert len(viz.schedule_plot({"cos": sched.alphas_cumprod}).axes) == 2
     assert viz.loss_curve(list(np.linspace(1, 0.1, 100))).axes[0].get_yscale() == "log"
     both = viz.loss_curve({"a": np.linspace(1, 0.1, 100), "b": np.linspace(2, 0.2, 100)}, smooth=10)

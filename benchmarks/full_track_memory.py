@@ -637,19 +637,20 @@ def unit2_finetune_rows(units: Path, alternatives: bool) -> list[Row]:
     # fine-tuning: coursekit.finetune -> train.train, micro-batch batch_size, grad_accum micro-steps
     bs, acc, ft_steps = S["batch_size"], S["grad_accum"], S["finetune_steps"]
     grid_n = S.get("grid_samples") or inspect.signature(finetune.finetune).parameters["n_samples"].default
-    ckpt_every = inspect.signature(train.train).parameters["checkpoint_every"].default
-    n_ckpt = ft_steps // ckpt_every + (ft_steps % ckpt_every != 0)
-    ckpt_s = n_ckpt * 3 * one_unet / DISK_BYTES_PER_S          # weights + two AdamW states
+    every_s = 60 * inspect.signature(train.train).parameters["checkpoint_minutes"].default
     model = unet2d(config)
 
     def finetune_row(batch, accum, checkpointing=False):
         m = unet2d(config)
         meas = train_step_measure(m, batch, grad_accum=accum, checkpointing=checkpointing)
+        args = dict(train_models=[m], resident=one_unet, calls=[(ft_steps * accum, 1.0)],
+                    per_step_extra_s=optimizer_seconds(n_params(m)) / accum + LOOP_OVERHEAD_S)
+        training_s = fill(Row(name, "", "", "train"), meas, **args).seconds
+        n_ckpt = 1 + int(training_s // every_s)                      # one per checkpoint_minutes, and the last
+        ckpt_s = n_ckpt * 3 * one_unet / DISK_BYTES_PER_S            # weights + two AdamW states
         return fill(Row(name, "fine-tuning (coursekit.finetune), AdamW", f"{batch} x{accum} accum", "train",
                         note=f"{ft_steps} steps x {accum} micro-batches; pretrained UNet resident; "
-                             f"{n_ckpt} checkpoints"),
-                    meas, train_models=[m], resident=one_unet, calls=[(ft_steps * accum, 1.0)],
-                    per_step_extra_s=optimizer_seconds(n_params(m)) / accum + LOOP_OVERHEAD_S, extra_s=ckpt_s)
+                             f"{n_ckpt} checkpoints"), meas, **args, extra_s=ckpt_s)
 
     row = finetune_row(bs, acc)
     if alternatives and row.over:

@@ -329,17 +329,25 @@ def distilled_4step_accuracy(per_class: int = 50) -> dict:
             "setting": f"digits-cond, guidance {scale}, {len(labels)} samples, nested grid"}
 
 
+def faster_sampling_setup(per_class: int, seed: int):
+    """(guidance scale of the faster-sampling notebook, digits-cond and its scheduler, the digit
+    judge, labels 0..9 `per_class` times each, seeded starting noise)."""
+    from coursekit import metrics
+
+    scale = notebook_setting(UNIT4_FAST, "guidance_scale")
+    unet, scheduler = models.load_model("digits-cond")
+    labels = torch.arange(10).repeat_interleave(per_class)
+    noise = samplers.noise(unet, len(labels), torch.Generator().manual_seed(seed))
+    return scale, unet, scheduler, metrics.digit_judge(16), labels, noise
+
+
 def few_step_table(per_class: int = 50) -> dict:
     """digits-cond at 1, 2 and 4 steps, same noise and labels: DDIM and DPM-Solver++ with trailing
     spacing (guided at the notebook's scale) against the zoo's distilled students (one UNet call
     per step). Value: the 4-step DDIM accuracy."""
-    from coursekit import distill, metrics
+    from coursekit import distill
 
-    scale = notebook_setting(UNIT4_FAST, "guidance_scale")
-    unet, scheduler = models.load_model("digits-cond")
-    judge = metrics.digit_judge(16)
-    labels = torch.arange(10).repeat_interleave(per_class)
-    noise = samplers.noise(unet, len(labels), torch.Generator().manual_seed(13))
+    scale, unet, scheduler, judge, labels, noise = faster_sampling_setup(per_class, seed=13)
     rows = {}
     for n in (1, 2, 4):
         for name in ("ddim", "dpm++"):
@@ -357,14 +365,8 @@ def few_step_table(per_class: int = 50) -> dict:
 
 def samplers_table(per_class: int = 20) -> dict:
     """Seconds and the judge's accuracy for each sampler and step count of the notebook's plan."""
-    from coursekit import metrics
-
     plan = notebook_setting(UNIT4_FAST, "plan")
-    scale = notebook_setting(UNIT4_FAST, "guidance_scale")
-    unet, scheduler = models.load_model("digits-cond")
-    judge = metrics.digit_judge(16)
-    labels = torch.arange(10).repeat_interleave(per_class)
-    noise = samplers.noise(unet, len(labels), torch.Generator().manual_seed(11))
+    scale, unet, scheduler, judge, labels, noise = faster_sampling_setup(per_class, seed=11)
     table = {}
     for name, counts in plan.items():
         for steps in counts:

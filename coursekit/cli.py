@@ -10,13 +10,15 @@
 
 `run` executes notebooks headless, writes the executed copies and their HTML next to an index
 page (build/index.html) with each notebook's wall time and status. A notebook that fails is
-still written, up to the failing cell (named in its status), and the command exits non-zero.
+still written, up to the failing cell (named in its status); one that cannot be read is listed as
+failed with the reason; the others still run, and the command exits non-zero.
 `--track full --rehearse` runs the full track's code on this machine's CPU with no network:
 stand-ins of every Hub repo (`coursekit.standins`) in a temporary Hugging Face cache, and the
 full-track settings scaled down by `coursekit.tracks.rehearsal_value`.
 
 `doctor` reports what this machine can run: device, track, package versions, Hub reachability,
-free disk, which full-track repos are cached, and each notebook's track here.
+free disk, which full-track repos are cached, and each notebook's track here, picked as its
+settings cell picks it (`coursekit.tracks.pick_track`, so COURSEKIT_TRACK counts).
 
 `prefetch` downloads every pinned full-track model and dataset (or one unit's) into the Hugging
 Face cache ahead of a workshop, prints sizes, resumes interrupted downloads and verifies them.
@@ -38,16 +40,30 @@ class CommandError(ValueError):
     """What a command was asked cannot be done; the message says why and what to do."""
 
 
+class NoSettings(CommandError):
+    """A notebook without a `tracks.Settings(...)` cell: it has no track values to read."""
+
+
 def find_notebooks(paths: list[str]) -> list[Path]:
+    """The notebooks at `paths` (notebooks, or folders searched recursively), in order."""
     found = []
     for p in map(Path, paths):
         if p.is_dir():
             found += sorted(q for q in p.rglob("*.ipynb") if ".ipynb_checkpoints" not in q.parts)
-        elif p.suffix == ".ipynb" and p.exists():
+        elif p.suffix == ".ipynb" and p.is_file():
             found.append(p)
         else:
-            raise CommandError(f"{p} is neither a notebook nor a folder")
+            raise CommandError(f"{p} is neither a notebook nor a folder{'' if p.exists() else ' (nothing is there)'}; "
+                               "pass notebooks (.ipynb) or folders that hold them")
     return found
+
+
+def one_line(error: BaseException, line: int = -1, limit: int | None = None) -> str:
+    """An exception as one line: its type and one line of its message (the last: where a cell's
+    traceback ends), colour codes removed, cut at `limit` characters."""
+    lines = re.sub(r"\x1b\[[0-9;]*m", "", str(error)).strip().splitlines()
+    text = lines[line].strip() if lines else ""
+    return f"{type(error).__name__}: {text[:limit]}" if text else type(error).__name__
 
 
 def run_notebook(path: Path, out: Path, timeout: int = 1800, env: dict | None = None) -> dict:
@@ -55,21 +71,31 @@ def run_notebook(path: Path, out: Path, timeout: int = 1800, env: dict | None = 
     on top; write .ipynb and .html under `out`."""
     import nbformat
     from nbclient import NotebookClient
+    from nbclient.exceptions import CellTimeoutError
     from nbconvert import HTMLExporter
 
-    nb = nbformat.read(path, as_version=4)
+    try:
+        nb = nbformat.read(path, as_version=4)
+    except Exception as e:  # any unreadable file becomes a failed row; the other notebooks still run
+        return {"notebook": str(path), "html": None, "seconds": 0.0,
+                "status": f"failed: cannot read the notebook ({one_line(e, 0, 200)}); repair the file or restore it"}
+    started: dict = {}
     client = NotebookClient(nb, timeout=timeout, kernel_name="python3",
-                            resources={"metadata": {"path": str(path.parent.resolve())}})
+                            resources={"metadata": {"path": str(path.parent.resolve())}},
+                            on_cell_start=lambda cell, cell_index: started.update(cell=cell, index=cell_index))
     began = time.perf_counter()
     status = "ok"
     try:
         client.execute(env={**os.environ, **(env or {})})
+    except CellTimeoutError:
+        first = (started["cell"].source.strip().splitlines() or [""])[0][:80]
+        status = (f"failed: cell {started['index']}: timed out after {timeout} s running `{first}`; "
+                  f"allow each cell longer with --timeout SECONDS (now {timeout})")
     except Exception as e:  # the partial notebook is still written, with the error in its cell
-        last = re.sub(r"\x1b\[[0-9;]*m", "", str(e)).strip().splitlines()
         failed = [i for i, c in enumerate(nb.cells) if c.cell_type == "code"
                   and any(o.get("output_type") == "error" for o in c.get("outputs", []))]
         where = f"cell {failed[0]}: " if failed else ""
-        status = f"failed: {where}{type(e).__name__}: {last[-1] if last else ''}"
+        status = f"failed: {where}{one_line(e)}"
     seconds = time.perf_counter() - began
     out.mkdir(parents=True, exist_ok=True)
     nbformat.write(nb, out / path.name)
@@ -86,11 +112,13 @@ def _threads() -> int:
 
 
 def write_index(results: list[dict], out: Path, track: str) -> Path:
-    rows = "\n".join(
-        f"<tr><td><a href=\"{html.escape(os.path.relpath(r['html'], out))}\">{html.escape(r['notebook'])}</a></td>"
-        f"<td>{r['seconds']:.1f}</td><td>{html.escape(r['status'])}</td></tr>"
-        for r in results
-    )
+    def name(r: dict) -> str:
+        if not r["html"]:
+            return html.escape(r["notebook"])
+        return f"<a href=\"{html.escape(os.path.relpath(r['html'], out))}\">{html.escape(r['notebook'])}</a>"
+
+    rows = "\n".join(f"<tr><td>{name(r)}</td><td>{r['seconds']:.1f}</td><td>{html.escape(r['status'])}</td></tr>"
+                      for r in results)
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>coursekit: executed notebooks</title>
 <style>body{{font-family:sans-serif;margin:2em}}td,th{{padding:4px 12px;text-align:left}}</style></head>
 <body><h1>Executed notebooks ({html.escape(track)} track)</h1>
@@ -98,6 +126,7 @@ def write_index(results: list[dict], out: Path, track: str) -> Path:
 {rows}
 </table></body></html>
 """
+    out.mkdir(parents=True, exist_ok=True)
     (out / "index.html").write_text(page, encoding="utf-8")
     machine = f"{platform.machine()}, {os.cpu_count()} cores, torch threads {_threads()}, {time.strftime('%Y-%m-%d')}"
     (out / "run.json").write_text(json.dumps({"track": track, "machine": machine, "notebooks": results}, indent=2) + "\n")
@@ -125,16 +154,25 @@ def cmd_run(args) -> int:
     rehearse = getattr(args, "rehearse", False)
     if rehearse and args.track not in (None, "full"):
         raise CommandError("--rehearse rehearses the full track; drop --track small")
+    if isinstance(args.timeout, bool) or not isinstance(args.timeout, int) or args.timeout < 1:
+        raise CommandError(f"--timeout is the seconds each cell may take, a whole number >= 1; got {args.timeout!r}")
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise CommandError(f"--out {out} is a file; pass a folder for the executed notebooks and the index")
+    paths = args.paths or ["units"]
+    notebooks = find_notebooks(paths)
+    if not notebooks:
+        raise CommandError(f"no notebooks (.ipynb) in {', '.join(paths)}; pass notebooks or a folder that holds them, "
+                           "such as `coursekit run units`")
     track = "full" if rehearse else args.track
     env = {"COURSEKIT_TRACK": track} if track else {}
-    out = Path(args.out)
     results = []
     with contextlib.ExitStack() as stack:
         if rehearse:
             print("writing stand-ins of the full track's Hub repos ...", flush=True)
             scratch = stack.enter_context(tempfile.TemporaryDirectory(prefix="coursekit-rehearsal-"))
             env = rehearsal_env(Path(scratch))
-        for nb in find_notebooks(args.paths or ["units"]):
+        for nb in notebooks:
             target = out / nb.parent.relative_to(nb.parent.anchor) if nb.is_absolute() else out / nb.parent
             print(f"running {nb} ...", flush=True)
             r = run_notebook(nb, target, timeout=args.timeout, env=env)
@@ -160,7 +198,7 @@ def notebook_settings(path: str | os.PathLike) -> dict[str, tuple]:
             for node in ast.walk(ast.parse(cell.source)):
                 if isinstance(node, ast.Call) and getattr(node.func, "attr", None) == "Settings":
                     return {kw.arg: ast.literal_eval(kw.value) for kw in node.keywords}
-    raise ValueError(f"{path} has no tracks.Settings(...) cell")
+    raise NoSettings(f"{path} has no tracks.Settings(...) cell")
 
 
 BUDGET = re.compile(r"time budget \((small|full) track[^)]*\):\s*(\d+(?:\.\d+)?)\s*min", re.IGNORECASE)
@@ -191,6 +229,29 @@ def _gb(n: int) -> str:
     return f"{n / 1e9:.2f} GB" if n >= 1e8 else f"{n / 1e6:.1f} MB"
 
 
+def notebook_report(path: Path, zoo_ok: bool, reachable: bool) -> dict:
+    """One notebook's line of the doctor's report: whether each track can run it here, the track
+    its settings cell picks here (None without one), and `stops`, the error it would stop with."""
+    from . import tracks
+
+    row = {"notebook": str(path), "settings": False, "track": None, "stops": None, "needs": []}
+    try:
+        needs = notebook_needs(path)
+    except NoSettings:
+        return {**row, "small": "no settings cell", "full": "no settings cell"}
+    except Exception as e:  # an unreadable notebook is reported on its line, and the others still are
+        why = f"cannot read it ({one_line(e, 0, 200)})"
+        return {**row, "small": f"no: {why}", "full": f"no: {why}", "stops": f"{why}; repair the file or restore it"}
+    row.update(settings=True, needs=[r for r, _ in needs])
+    try:
+        row["track"] = tracks.pick_track(needs)
+    except tracks.TrackError as e:
+        row["stops"] = str(e)
+    missing = tracks.missing_for_full(needs, check_hub=reachable)
+    return {**row, "small": "yes" if zoo_ok else "no: zoo checkpoints missing",
+            "full": "yes" if not missing else "no: needs " + "; ".join(missing)}
+
+
 def doctor(paths: list[str] | None = None) -> dict:
     """What this machine can run, as a dict; `cmd_doctor` prints it."""
     import importlib.metadata as md
@@ -200,6 +261,11 @@ def doctor(paths: list[str] | None = None) -> dict:
 
     from . import hub, tracks, zoo
 
+    try:
+        machine = tracks.pick_track()
+    except tracks.TrackError as e:
+        raise CommandError(str(e)) from None
+    forced = os.environ.get("COURSEKIT_TRACK", "").strip() or None
     versions = {}
     for pkg in ("coursekit", "torch", "torchaudio", "diffusers", "transformers", "datasets", "accelerate"):
         try:
@@ -212,18 +278,20 @@ def doctor(paths: list[str] | None = None) -> dict:
     cached = {repo: hub.is_cached(repo, "dataset" if repo in hub.DATASETS else "model")
               for repo in hub.MODELS + hub.DATASETS}
     zoo_ok = all((zoo.ZOO_DIR / n / "unet").is_dir() for n in zoo.recipe_names())
-    notebooks = []
-    for nb in find_notebooks(paths or (["units"] if Path("units").is_dir() else [])):
-        needs = notebook_needs(nb)
-        missing = tracks.missing_for_full(needs, check_hub=reachable)
-        notebooks.append({"notebook": str(nb), "small": "yes" if zoo_ok else "no: zoo checkpoints missing",
-                          "full": "yes" if not missing else "no: needs " + "; ".join(missing),
-                          "needs": [r for r, _ in needs]})
-    track = "full" if notebooks and all(n["full"] == "yes" for n in notebooks) else "small"
+    notebooks = [notebook_report(nb, zoo_ok, reachable)
+                 for nb in find_notebooks(paths or (["units"] if Path("units").is_dir() else []))]
+    stops = [n for n in notebooks if n["stops"]]
+    picked = [n["track"] for n in notebooks if n["track"]]
+    track = machine if not picked else "full" if all(t == "full" for t in picked) else "small"
     if not zoo_ok:
         verdict = "broken install: zoo checkpoints are missing; reinstall coursekit"
+    elif stops:
+        more = f" (and {len(stops) - 1} more notebooks)" if len(stops) > 1 else ""
+        verdict = f"not ready: {stops[0]['notebook']}{more} would stop here: {stops[0]['stops']}"
     elif track == "full":
         verdict = f"ready for the full track on {dev}"
+    elif forced:
+        verdict = f"ready for the small track, as COURSEKIT_TRACK={forced} asks (unset it to let each notebook pick)"
     elif dev == "cpu":
         verdict = "ready for the small track (no GPU, so the full track cannot run here)"
     elif dev == "mps":
@@ -231,10 +299,10 @@ def doctor(paths: list[str] | None = None) -> dict:
     else:
         verdict = (f"ready for the small track; the full track needs its Hub repos: run `coursekit prefetch` "
                    f"on a network{' (the Hub is unreachable now)' if not reachable else ''}")
-    return {"device": dev, "host": tracks.host(), "track_picked": track, "versions": versions,
+    return {"device": dev, "host": tracks.host(), "track_picked": track, "track_forced": forced, "versions": versions,
             "hub_reachable": reachable, "hub_offline_flag": hub.offline(),
             "hf_cache": str(cache), "free_disk": shutil.disk_usage(probe).free, "cached": cached,
-            "zoo_complete": zoo_ok, "notebooks": notebooks, "verdict": verdict}
+            "zoo_complete": zoo_ok, "notebooks": notebooks, "ready": zoo_ok and not stops, "verdict": verdict}
 
 
 def cmd_doctor(args) -> int:
@@ -247,10 +315,14 @@ def cmd_doctor(args) -> int:
     print("cached repos:  " + (", ".join(r for r, ok in report["cached"].items() if ok) or "none"))
     print("not cached:    " + (", ".join(r for r, ok in report["cached"].items() if not ok) or "none"))
     print(f"zoo:           {'complete' if report['zoo_complete'] else 'MISSING checkpoints'}")
+    forced = report["track_forced"]
+    print(f"track:         {report['track_picked']} "
+          + (f"(COURSEKIT_TRACK={forced})" if forced else "(picked automatically; COURSEKIT_TRACK=small or full forces it)"))
     for n in report["notebooks"]:
-        print(f"  {n['notebook']}: small {n['small']}; full {n['full']}")
+        here = n["track"] or (f"stops: {n['stops']}" if n["stops"] else "no settings cell, so it runs as written")
+        print(f"  {n['notebook']}: small {n['small']}; full {n['full']}; here: {here}")
     print(f"verdict:       {report['verdict']}")
-    return 0 if report["zoo_complete"] else 1
+    return 0 if report["ready"] else 1
 
 
 def prefetch_plan(unit: int | None = None, root: str = "units") -> list[tuple[str, str]]:
@@ -265,7 +337,8 @@ def prefetch_plan(unit: int | None = None, root: str = "units") -> list[tuple[st
                          + ", ".join(sorted(p.name for p in Path(root).glob("unit*"))))
     plan = []
     for nb in find_notebooks([str(folder)]):
-        plan += [n for n in notebook_needs(nb) if n not in plan]
+        with contextlib.suppress(NoSettings):  # no settings cell: no full-track repos to fetch
+            plan += [n for n in notebook_needs(nb) if n not in plan]
     return plan
 
 
@@ -330,4 +403,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from coursekit import cli  # this module under its own name, so run_commands knows its errors as coursekit's
+
+    sys.exit(cli.main())

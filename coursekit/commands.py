@@ -12,6 +12,11 @@ import argparse
 import sys
 
 
+def ours(error: BaseException) -> bool:
+    """Whether `error` is one of coursekit's own (also when its module runs as `python -m`)."""
+    return type(error).__module__.split(".")[0] in ("coursekit", "__main__")
+
+
 def run_commands(prog: str, description: str, registrars, argv=None, default: str | None = None) -> int:
     """Parse `argv` for the subcommands the `registrars` add, run the one asked for, and return
     its exit status. `default` is the subcommand taken when the first argument names none (a
@@ -27,11 +32,11 @@ def run_commands(prog: str, description: str, registrars, argv=None, default: st
     try:
         status = args.run(args)
     except (ValueError, RuntimeError, OSError, ArithmeticError) as e:
-        if not type(e).__module__.startswith("coursekit"):
+        if not ours(e):
             raise
         sys.exit(f"{prog} {args.command}: {e}")
     except KeyboardInterrupt as e:
-        if not type(e).__module__.startswith("coursekit"):
+        if not ours(e):
             raise
         print(f"{prog} {args.command}: {e}", file=sys.stderr)
         return 130

@@ -35,7 +35,7 @@ from pathlib import Path
 
 import torch
 
-from .models import as_predictor, null_label
+from .models import as_predictor, not_finite, null_label
 from .samplers import SamplerError
 
 T_MAX = 960
@@ -76,7 +76,7 @@ def sample_on_grid(model, scheduler, x: torch.Tensor, *, steps: int, labels=None
         a_t = _ab(scheduler, t, x.device)
         x0 = (x - (1 - a_t).sqrt() * eps) / a_t.sqrt()
         x = ddim_step(x, eps, a_t, _ab(scheduler, ts[i + 1] if i + 1 < len(ts) else 0, x.device))
-        if not torch.isfinite(x).all():
+        if not_finite(x):
             raise SamplerError(f"the sample became NaN or infinite at step {i} (t={t}); check the model's weights "
                                "and the guidance scale")
         if callback is not None:

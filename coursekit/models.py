@@ -28,6 +28,11 @@ class ModelError(ValueError):
     """A model, or inputs to it, that coursekit cannot use; the message says why and what to do."""
 
 
+def not_finite(x: torch.Tensor) -> bool:
+    """Whether `x` holds a NaN or an infinity (never for tensors without data, on the meta device)."""
+    return not x.is_meta and not bool(torch.isfinite(x).all())
+
+
 def null_label(unet) -> int | None:
     """The 'no class' label of a class-conditional UNet (its last class), or None if unconditional."""
     n = getattr(unet.config, "num_class_embeds", None)
@@ -84,7 +89,7 @@ class NoisePredictor:
             raise ModelError(f"x must have shape (N, {channels}, H, W) for this model, got {tuple(x.shape)}")
         if not x.is_floating_point():
             raise ModelError(f"x must be a float tensor (noise or images in [-1, 1]), got {x.dtype}")
-        if not torch.isfinite(x).all():
+        if not_finite(x):
             raise ModelError("x contains NaN or infinite values; start from samplers.noise(...) or images in [-1, 1]")
         n = x.shape[0]
         if self.labels is not None and self.labels.numel() not in (1, n):

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .models import ModelError, NoisePredictor, as_predictor
+from .models import ModelError, NoisePredictor, as_predictor, not_finite
 
 
 class SamplerError(ModelError):
@@ -88,7 +88,7 @@ def sample(model, scheduler, x: torch.Tensor, *, steps: int = 25, labels=None,
             traj.xs.append(x.cpu())
             traj.x0s.append(None if x0 is None else x0.cpu())
         x = out.prev_sample
-        if not torch.isfinite(x).all():
+        if not_finite(x):
             raise SamplerError(f"the sample became NaN or infinite at step {i} (t={int(t)}); check the model's weights, "
                                "the guidance scale and the scheduler")
         if callback is not None:
@@ -149,7 +149,11 @@ def ddim(model, scheduler, x, *, steps: int = 25, eta: float = 0.0, **kwargs):
 
     if not 0.0 <= eta <= 1.0:
         raise SamplerError(f"eta must lie in [0, 1] (0: deterministic DDIM, 1: DDPM-like), got {eta}")
-    return sample(model, spaced(DDIMScheduler, scheduler), x, steps=steps, eta=eta, **kwargs)
+    scheduler = spaced(DDIMScheduler, scheduler)
+    if eta > 0:   # near t = 999, 1 - alpha-bar_prev - sigma^2 cancels to below zero in float32
+        scheduler.alphas_cumprod = scheduler.alphas_cumprod.double()
+        scheduler.final_alpha_cumprod = scheduler.final_alpha_cumprod.double()
+    return sample(model, scheduler, x, steps=steps, eta=eta, **kwargs)
 
 
 SCHEDULERS = {

@@ -14,16 +14,92 @@ calls without the widget, so what the panel shows is what that function returns:
 `explorer.result` holds the last computed value and `explorer.controls` the controls, so tests
 (and curious learners) can drive a panel from code. In Colab the panels need Colab's custom
 widget manager; `enable_colab()` turns it on and does nothing elsewhere.
+
+Every setting is checked when the explorer is made (a WidgetError, or the checked function's own
+error, says how to fix it), since a slider would silently clamp a value outside its range; a seed
+typed into a panel is checked when it runs, and the panel's status line shows the refusal.
 """
 from __future__ import annotations
 
 import io
+import math
+import numbers
 import time
 
 import torch
 
 from . import samplers
 from .models import null_label
+
+SEED_MAX = 2**63 - 1
+SLIDER_STEPS = 100
+
+
+class WidgetError(ValueError):
+    """A setting an explorer cannot use; the message says how to fix it."""
+
+
+def check_int(value, name: str, low: int, high: int | None = None, why: str = "") -> int:
+    """`value` as a whole number in low..high (no upper bound when `high` is None), else a WidgetError."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low \
+            or (high is not None and value > high):
+        span = f"from {low} to {high}" if high is not None else f">= {low}"
+        raise WidgetError(f"{name} must be a whole number {span}{why}, got {value!r}")
+    return int(value)
+
+
+def check_number(value, name: str, low: float, high: float = math.inf, why: str = "") -> float:
+    """`value` as a finite number in low..high, else a WidgetError."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) \
+            or not low <= value <= high:
+        span = f"from {low} to {high}" if math.isfinite(high) else f">= {low}"
+        raise WidgetError(f"{name} must be a finite number {span}{why}, got {value!r}")
+    return float(value)
+
+
+def check_seed(seed) -> int:
+    """`seed` as a whole number in 0..2**63 - 1, a seed every torch generator takes, else a WidgetError."""
+    return check_int(seed, "seed", 0, SEED_MAX, " (2**63 - 1), such as 0 or 42")
+
+
+def check_colour(colour) -> str:
+    """`colour` as '#rrggbb', from '#rrggbb' or three numbers R, G, B in 0..1, else a WidgetError."""
+    import re
+
+    fix = f"colour must be '#rrggbb' (such as '#e07020') or three numbers R, G, B in 0..1 (such as (0.9, 0.2, 0.1)), " \
+          f"got {colour!r}"
+    if isinstance(colour, str):
+        if not re.fullmatch(r"#[0-9a-fA-F]{6}", colour.strip()):
+            raise WidgetError(fix)
+        return colour.strip().lower()
+    try:
+        values = tuple(colour)
+    except TypeError:
+        raise WidgetError(fix) from None
+    if len(values) != 3 or not all(not isinstance(v, bool) and isinstance(v, numbers.Real) and math.isfinite(v)
+                                   and 0 <= v <= 1 for v in values):
+        raise WidgetError(fix)
+    return "#" + "".join(f"{round(float(v) * 255):02x}" for v in values)
+
+
+def beta_schedule(schedule: str, timesteps: int = 1000):
+    """diffusers' DDPMScheduler with the noise `schedule` by name, else a WidgetError naming the usual ones."""
+    from diffusers import DDPMScheduler
+
+    try:
+        return DDPMScheduler(num_train_timesteps=timesteps, beta_schedule=schedule)
+    except (NotImplementedError, TypeError, ValueError):
+        raise WidgetError(f"unknown noise schedule {schedule!r}; use one of 'linear', 'scaled_linear', "
+                          "'squaredcos_cap_v2'") from None
+
+
+def class_count(unet, what: str) -> int:
+    """How many classes a class-conditional UNet knows, else a WidgetError: `what` needs classes."""
+    null = null_label(unet)
+    if null is None:
+        raise WidgetError(f"{what} needs a class-conditional UNet (one with num_class_embeds), such as the zoo's "
+                          "'digits-cond'; this one is unconditional")
+    return int(null)
 
 
 def enable_colab() -> None:
@@ -102,9 +178,12 @@ class Explorer:
 def noisy(x0: torch.Tensor, t: int, schedule: str, seed: int = 0):
     """(x_t, SNR) of clean images `x0` at step t of a 1000-step `schedule`, with seeded noise:
     diffusers' DDPMScheduler.add_noise, the forward process of Unit 1."""
-    from diffusers import DDPMScheduler
+    from . import data
 
-    scheduler = DDPMScheduler(num_train_timesteps=1000, beta_schedule=schedule)
+    x0 = data.check_images(x0, "x0")
+    t = check_int(t, "t", 0, 999, " (a 1000-step schedule)")
+    seed = check_seed(seed)
+    scheduler = beta_schedule(schedule)
     noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(seed))
     ab = scheduler.alphas_cumprod[t]
     return scheduler.add_noise(x0, noise, torch.full((len(x0),), t)), float(ab / (1 - ab))
@@ -114,6 +193,15 @@ def noise_schedule(x0: torch.Tensor, schedules=("linear", "scaled_linear", "squa
     """Slider over t and a schedule menu; shows x_t for each image in `x0` and the SNR."""
     import ipywidgets as w
 
+    from . import data
+
+    x0 = data.check_images(x0, "x0")
+    schedules = (schedules,) if isinstance(schedules, str) else tuple(schedules)
+    if not schedules:
+        raise WidgetError("schedules is empty; give at least one schedule name, such as ('linear', 'squaredcos_cap_v2')")
+    for name in schedules:
+        beta_schedule(name)
+    t = check_int(t, "t", 0, 999, " (a 1000-step schedule)")
     controls = {"t": w.IntSlider(value=t, min=0, max=999, description="t", continuous_update=False),
                 "schedule": w.Dropdown(options=list(schedules), value=schedules[-1], description="schedule")}
 
@@ -131,18 +219,21 @@ def sampler(unet, scheduler, *, n: int = 8, labels=None, guidance_scale: float =
     """Scheduler menu, steps and eta; Run samples `n` images from seeded noise and times it."""
     import ipywidgets as w
 
+    n = check_int(n, "n", 1, why=" (images per run)")
+    steps = check_int(steps, "steps", 1, SLIDER_STEPS, " (the steps slider's range)")
     controls = {"name": w.Dropdown(options=list(samplers.SCHEDULERS), value="ddim", description="scheduler"),
                 "steps": w.IntSlider(value=steps, min=1, max=100, description="steps", continuous_update=False),
                 "eta": w.FloatSlider(value=0.0, min=0.0, max=1.0, step=0.1, description="eta (DDIM)", continuous_update=False),
                 "seed": w.IntText(value=0, description="seed")}
 
     def compute(name, steps, eta, seed, tick):
-        g = torch.Generator().manual_seed(int(seed))
+        g = torch.Generator().manual_seed(check_seed(seed))
         x = samplers.noise(unet, n, g)
-        extra = {"eta": eta} if name == "ddim" else {}
-        return samplers.sample(unet, samplers.scheduler_named(name, scheduler), x, steps=steps, labels=labels,
-                               guidance_scale=guidance_scale, generator=g, progress=False,
-                               callback=lambda step, state: tick(step, steps), **extra)
+        common = dict(steps=steps, labels=labels, guidance_scale=guidance_scale, generator=g, progress=False,
+                      callback=lambda step, state: tick(step, steps))
+        if name == "ddim":
+            return samplers.ddim(unet, scheduler, x, eta=eta, **common)
+        return samplers.sample(unet, samplers.scheduler_named(name, scheduler), x, **common)
 
     ex = Explorer("Samplers: scheduler, steps and eta", controls, compute, lambda x: _grid_png(x), auto=False)
     ex.update()
@@ -156,14 +247,19 @@ def colour_guidance(unet, scheduler, *, n: int = 8, steps: int = 20, colour: str
 
     from . import guidance
 
+    n = check_int(n, "n", 1, why=" (images per run)")
+    steps = samplers.check_steps(steps, scheduler)
+    colour = check_colour(colour)
+    max_scale = check_number(max_scale, "max_scale", 0.5, why=" (the top of the scale slider)")
+    scale = check_number(scale, "scale", 0.0, max_scale, " (raise max_scale for a stronger pull)")
     controls = {"colour": w.ColorPicker(value=colour, description="colour"),
                 "scale": w.FloatSlider(value=scale, min=0.0, max=max_scale, step=0.5, description="scale",
                                        continuous_update=False),
                 "seed": w.IntText(value=0, description="seed")}
 
     def compute(colour, scale, seed, tick):
-        return guidance.colour_guided_grid(unet, scheduler, colour, scale, seed=seed, n=n, steps=steps,
-                                           callback=lambda step, state: tick(step, steps))
+        return guidance.colour_guided_grid(unet, scheduler, check_colour(colour), scale, seed=check_seed(seed), n=n,
+                                           steps=steps, callback=lambda step, state: tick(step, steps))
 
     ex = Explorer("Colour guidance: target colour and scale", controls, compute, _png, auto=False)
     ex.update()
@@ -176,6 +272,10 @@ def edit_pair(unet, scheduler, x0: torch.Tensor, source: int, target: int, k: in
     `coursekit.inversion.edit` from step k with the source class and with the target class."""
     from . import inversion as inv
 
+    classes = class_count(unet, "an edit between classes")
+    source = check_int(source, "source", 0, classes - 1, " (the model's classes)")
+    target = check_int(target, "target", 0, classes - 1, " (the model's classes)")
+    inv.check_k(k, inversion.steps if isinstance(inversion, inv.Inversion) else inv.check_steps(steps, scheduler))
     label = lambda c: torch.tensor([c], device=unet.device)
     if inversion is None:
         inversion = inv.invert(unet, scheduler, x0.to(unet.device), steps=steps, labels=label(source), progress=False)
@@ -195,7 +295,20 @@ def inversion_editor(unet, scheduler, images: torch.Tensor, labels: torch.Tensor
 
     from . import inversion as inv
 
-    classes = list(classes or range(int(null_label(unet) or 10)))
+    known = class_count(unet, "the inversion editor")
+    inv.check_images(unet, images)
+    steps = inv.check_steps(steps, scheduler)
+    k = inv.check_k(k, steps)
+    classes = list(range(known) if classes is None else classes)
+    if not classes:
+        raise WidgetError(f"classes is empty; give the target classes to offer, such as range({known})")
+    classes = [check_int(c, "each of classes", 0, known - 1, " (the model's classes)") for c in classes]
+    labels = torch.as_tensor(labels)
+    if labels.is_floating_point() or labels.dtype == torch.bool or labels.shape != (len(images),):
+        raise WidgetError(f"labels must be one whole-number class per image ({len(images)} of them), "
+                          f"got dtype {labels.dtype} and shape {tuple(labels.shape)}")
+    if labels.min() < 0 or labels.max() >= known:
+        raise WidgetError(f"labels must lie in 0..{known - 1} (the model's classes), got {labels.tolist()}")
     cache: dict = {}
     controls = {"index": w.IntSlider(value=0, min=0, max=len(images) - 1, description="image", continuous_update=False),
                 "k": w.IntSlider(value=k, min=0, max=steps, description="step k", continuous_update=False),
@@ -220,10 +333,12 @@ def audio_clip(unet, scheduler, preset, *, seed: int = 0, steps: int = 25, tick=
     """(spectrogram image, waveform) of one generated slice: `samplers.ddim` then `audio.from_image`."""
     from . import audio
 
-    g = torch.Generator().manual_seed(int(seed))
+    seed = check_seed(seed)
+    steps = samplers.check_steps(steps, scheduler)
+    g = torch.Generator().manual_seed(seed)
     image = samplers.ddim(unet, scheduler, samplers.noise(unet, 1, g), steps=steps, generator=g, progress=False,
                           callback=(lambda step, state: tick(step, steps)) if tick else None)[0].cpu()
-    return image, audio.from_image(image, preset, generator=torch.Generator().manual_seed(int(seed)))
+    return image, audio.from_image(image, preset, generator=torch.Generator().manual_seed(seed))
 
 
 def audio_generator(unet, scheduler, preset, *, steps: int = 25) -> Explorer:
@@ -233,6 +348,7 @@ def audio_generator(unet, scheduler, preset, *, steps: int = 25) -> Explorer:
 
     from . import audio
 
+    steps = check_int(steps, "steps", 2, SLIDER_STEPS, " (the steps slider's range)")
     player = w.Audio(format="wav", autoplay=False, loop=False)
     controls = {"seed": w.IntText(value=0, description="seed"),
                 "steps": w.IntSlider(value=steps, min=2, max=100, description="steps", continuous_update=False)}

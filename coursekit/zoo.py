@@ -253,7 +253,7 @@ def output_folder(out, into_package: bool, default: Path, shortened: bool, what:
         return default
     if out is None:
         raise ZooError(f"say where to write the {what}: --out DIR (a folder of your own), or --into-package to "
-                       "replace the checkpoint shipped in the package with a full-recipe run")
+                       f"replace the shipped {what} with a full-recipe run")
     return Path(out)
 
 

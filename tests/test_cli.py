@@ -55,25 +55,64 @@ def test_notebook_settings_and_needs_are_read_without_running(tmp_path):
 def test_doctor_offline_on_cpu_says_small_track_for_every_notebook(capsys, monkeypatch):
     from coursekit import tracks
 
+    monkeypatch.delenv("COURSEKIT_TRACK", raising=False)
     monkeypatch.setattr(tracks, "device", lambda: "cpu")
     report = cli.doctor([str(ROOT / "units")])
     assert report["device"] == "cpu" and not report["hub_reachable"] and report["zoo_complete"]
     assert len(report["notebooks"]) == len(list((ROOT / "units").rglob("*.ipynb")))
-    assert all(n["small"] == "yes" and n["full"].startswith("no: needs a GPU") for n in report["notebooks"])
+    assert all(n["small"] == "yes" and n["full"].startswith("no: needs a GPU") and n["track"] == "small"
+               for n in report["notebooks"])
     assert report["verdict"].startswith("ready for the small track") and report["free_disk"] > 0
     code = cli.cmd_doctor(type("A", (), {"paths": [str(ROOT / "units" / "unit4")]})())
     out = capsys.readouterr().out
     assert code == 0 and "02_diffusion_for_audio.ipynb: small yes; full no" in out and "verdict:" in out
+    assert "track:         small (picked automatically" in out and out.count("here: small") == 3
 
 
 def test_doctor_sees_the_full_track_with_a_gpu_and_cached_repos(monkeypatch):
     from coursekit import hub, tracks
 
+    monkeypatch.delenv("COURSEKIT_TRACK", raising=False)
     monkeypatch.setattr(tracks, "device", lambda: "cuda")
     monkeypatch.setattr(hub, "is_cached", lambda repo, kind="model": True)
     report = cli.doctor([str(ROOT / "units")])
     assert report["track_picked"] == "full" and report["verdict"] == "ready for the full track on cuda"
-    assert all(report["cached"].values())
+    assert all(report["cached"].values()) and all(n["track"] == "full" for n in report["notebooks"])
+
+
+def test_doctor_honours_coursekit_track_as_the_notebooks_do(monkeypatch, capsys):
+    from coursekit import hub, tracks
+
+    monkeypatch.setattr(tracks, "device", lambda: "cuda")
+    monkeypatch.setattr(hub, "is_cached", lambda repo, kind="model": True)
+    monkeypatch.setenv("COURSEKIT_TRACK", "small")
+    report = cli.doctor([str(ROOT / "units")])
+    assert report["track_picked"] == "small" and report["track_forced"] == "small" and report["ready"]
+    assert all(n["track"] == "small" and n["full"] == "yes" for n in report["notebooks"])
+    assert report["verdict"].startswith("ready for the small track, as COURSEKIT_TRACK=small asks")
+    monkeypatch.setenv("COURSEKIT_TRACK", "full")
+    monkeypatch.setattr(hub, "is_cached", lambda repo, kind="model": repo != "kmpartner/audio-diffusion-electronic")
+    code = cli.cmd_doctor(type("A", (), {"paths": [str(ROOT / "units" / "unit4")]})())
+    out = capsys.readouterr().out
+    assert code == 1 and "track:         full (COURSEKIT_TRACK=full)" in out
+    assert "02_diffusion_for_audio.ipynb: small yes; full no: needs the model kmpartner/audio-diffusion-electronic" in out
+    assert "here: stops: COURSEKIT_TRACK=full, but the full track needs the model kmpartner" in out
+    assert out.count("here: full") == 2 and "verdict:       not ready: " in out
+
+
+def test_doctor_reports_a_notebook_without_settings_and_carries_on(tmp_path, monkeypatch, capsys):
+    from coursekit import tracks
+
+    monkeypatch.delenv("COURSEKIT_TRACK", raising=False)
+    monkeypatch.setattr(tracks, "device", lambda: "cpu")
+    write(tmp_path / "plain.ipynb", "print(1)")
+    _settings_notebook(tmp_path / "set.ipynb")
+    report = cli.doctor([str(tmp_path)])
+    plain, settings = report["notebooks"]
+    assert not plain["settings"] and plain["track"] is None and plain["stops"] is None and plain["needs"] == []
+    assert settings["settings"] and settings["track"] == "small" and report["ready"]
+    assert cli.cmd_doctor(type("A", (), {"paths": [str(tmp_path)]})()) == 0
+    assert "plain.ipynb: small no settings cell; full no settings cell; here: no settings cell" in capsys.readouterr().out
 
 
 def test_doctor_on_a_mac_says_why_mps_gets_the_small_track(monkeypatch):
@@ -223,7 +262,10 @@ def test_every_command_is_a_coursekit_subcommand_in_one_style(capsys, tmp_path, 
 
     import pytest
 
-    for argv, seen in ((["train", "--list"], "digits-cond:"), (["distill", "--list"], "64 -> 4 steps")):
+    from coursekit import distill
+
+    final = distill.RECIPES["digits-cond"].final_steps
+    for argv, seen in ((["train", "--list"], "digits-cond:"), (["distill", "--list"], f"64 -> {final} steps")):
         assert cli.main(argv) == 0 and seen in capsys.readouterr().out
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     with pytest.raises(SystemExit, match=r"^coursekit prefetch: .*nothing was downloaded"):

@@ -127,3 +127,16 @@ def test_a_run_folder_holding_another_run_is_refused_by_the_command(tmp_path, ca
     with pytest.raises(SystemExit, match=r"holds another run \(lr: 0.0001 there, 0.001 now\).*--overwrite"):
         cli.main(["finetune", *args, "--lr", "1e-3"])
     assert cli.main(["finetune", *args, "--lr", "1e-3", "--overwrite"]) == 0
+
+
+def test_a_rectangular_model_fine_tunes(tmp_path):
+    """A 16x8 model (a spectrogram's mel rows by frames, say) takes resized 8x8 digits as 16x8."""
+    from tests.helpers import save_pipeline_layout, tiny_scheduler, tiny_unet
+
+    folder = save_pipeline_layout(tmp_path / "rect", tiny_unet(size=(16, 8)), tiny_scheduler())
+    with pytest.raises(finetune.FinetuneError, match=r"8x8 \(width x height\) but the model takes 8x16"):
+        finetune.finetune(str(folder), "digits", tmp_path / "refused", steps=1)
+    out = finetune.finetune(str(folder), "digits", tmp_path / "run", steps=2, batch_size=8, resize=True, n_samples=2,
+                            sample_every=1, progress=False)
+    unet, _ = models.load_model(out)
+    assert list(unet.config.sample_size) == [16, 8]

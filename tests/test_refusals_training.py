@@ -166,3 +166,15 @@ def test_training_commands_refuse_and_write_nothing(case, tmp_path):
         cli.main([a.replace("{tmp}", str(tmp_path)) for a in argv])
     assert {p: p.stat().st_mtime_ns for p in zoo.ZOO_DIR.rglob("*") if p.is_file()} == shipped
     assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("module,argv", [("zoo", ["train", "digits-uncond", "--steps", "3"]),
+                                         ("distill", ["digits-cond", "--steps-per-round", "2"])])
+def test_python_dash_m_commands_refuse_in_one_line_too(module, argv):
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", f"coursekit.{module}", *argv], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert "--out DIR" in done.stderr and len(done.stderr.strip().splitlines()) == 1

@@ -17,7 +17,10 @@ def test_ddim_equals_diffusers_ddim_pipeline(eta):
     g = torch.Generator().manual_seed(0)
     x = samplers.ddim(unet, sched, samplers.noise(unet, 3, g), steps=10, eta=eta, generator=g, progress=False)
     ours = (x / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).numpy()
-    np.testing.assert_array_equal(ours, expected)
+    if eta == 0:
+        np.testing.assert_array_equal(ours, expected)
+    else:   # coursekit's alpha-bars are float64 at eta > 0, so that the first step cannot cancel below zero
+        np.testing.assert_allclose(ours, expected, atol=1e-4)
 
 
 def test_ddpm_equals_diffusers_ddpm_pipeline():

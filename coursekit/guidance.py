@@ -56,12 +56,18 @@ def guidance_gradient(model, scheduler, x, t, loss_fn, *, through_unet: bool = F
     return grad, eps.detach()
 
 
+MIN_ALPHA_BAR = 1e-3
+
+
 def guided_sample(model, scheduler, x: torch.Tensor, loss_fn, *, scale: float, steps: int = 25,
                   through_unet: bool = False, labels=None, guidance_scale: float = 1.0, **kwargs):
     """Loss-guided sampling from the noise `x`: before each scheduler step, x_t -= scale * grad.
 
     `loss_fn(x0)` takes the predicted clean images (N, C, H, W in about [-1, 1]) and returns a
-    scalar. `scale=0` gives the unguided sampler's result exactly. Other keywords (generator,
+    scalar. `scale=0` gives the unguided sampler's result exactly. Steps where alpha-bar_t is
+    below MIN_ALPHA_BAR are not guided: x0's estimate there is the noise scaled up more than 30
+    times, and so would be the gradient (the first step from t = 999 on a cosine schedule, where
+    alpha-bar is 2e-9). Other keywords (generator,
     callback, progress, trajectory, eta, ...) go to `coursekit.samplers.sample`.
     """
     import math
@@ -72,6 +78,8 @@ def guided_sample(model, scheduler, x: torch.Tensor, loss_fn, *, scale: float, s
     _check_scheduler(scheduler)
 
     def guide(predictor, x, t):
+        if scheduler.alphas_cumprod[int(t)] < MIN_ALPHA_BAR:
+            return x, predictor(x, t)
         with torch.enable_grad():
             grad, eps = guidance_gradient(predictor, scheduler, x, t, loss_fn, through_unet=through_unet)
         return x - scale * grad, eps

@@ -212,3 +212,15 @@ def test_colour_demo_predicts_without_a_server_and_serves_on_localhost(monkeypat
     assert launched["server_name"] == "127.0.0.1" and launched["share"] is False
     with pytest.raises(samplers.SamplerError, match="RGB"):
         demo.colour_demo(tiny_unet(channels=1), sched)
+
+
+def test_loss_guidance_leaves_out_steps_where_x0_cannot_be_estimated():
+    """At t = 999 of the cosine schedule alpha-bar is 2e-9: that step runs unguided."""
+    from coursekit import guidance
+
+    unet, sched = tiny_unet(channels=3), samplers.scheduler_named("ddim", tiny_scheduler())
+    seen = []
+    loss = guidance.colour_loss((1.0, 0.0, 0.0))
+    counted = lambda x0: seen.append(1) or loss(x0)
+    guidance.guided_sample(unet, sched, torch.randn(1, 3, 8, 8), counted, scale=1.0, steps=4, progress=False)
+    assert len(seen) == 3 and sched.alphas_cumprod[999] < guidance.MIN_ALPHA_BAR

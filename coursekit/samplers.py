@@ -120,7 +120,7 @@ def spaced(cls, scheduler, **extra):
         settings.update(thresholding=True, sample_max_value=float(scheduler.config.get("clip_sample_range", 1.0)))
     if issubclass(cls, diffusers.EulerDiscreteScheduler):
         if extra.get("use_karras_sigmas"):
-            ab = cls.from_config(scheduler.config).alphas_cumprod
+            ab = scheduler.alphas_cumprod
             settings["sigma_max"] = min(SIGMA_MAX, float(((1 - ab[-1]) / ab[-1]) ** 0.5))
         else:
             settings["timestep_spacing"] = "leading"

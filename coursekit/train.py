@@ -303,18 +303,18 @@ def fit(model, loss_fn, n: int, *, steps: int, batch_size: int, lr: float, warmu
                     optimizer.step()
                     optimizer.zero_grad()
                 total += loss.item() / grad_accum
-            if not (math.isfinite(total) and all(bool(torch.isfinite(p).all()) for p in trainable)):
-                with torch.no_grad():
+            weights_finite = bool(torch.stack([torch.isfinite(p).all() for p in trainable]).all())   # one sync
+            with torch.no_grad():
+                if not (math.isfinite(total) and weights_finite):
                     for p, g in zip(trainable, good):
                         p.copy_(g)
-                where = (f"the last checkpoint is {latest_checkpoint(out_dir)}" if out_dir is not None
-                         and latest_checkpoint(out_dir) else "no checkpoint was saved")
-                raise TrainingDiverged(
-                    f"the loss became {total} at step {step}; the model holds the weights of the last good step "
-                    f"({step}) again and {where}. Lower the learning rate (lr={lr}) or check the data for NaNs, "
-                    "then run again."
-                )
-            with torch.no_grad():
+                    last = latest_checkpoint(out_dir) if out_dir is not None else None
+                    where = f"the last checkpoint is {last}" if last else "no checkpoint was saved"
+                    raise TrainingDiverged(
+                        f"the loss became {total} at step {step}; the model holds the weights of the last good step "
+                        f"({step}) again and {where}. Lower the learning rate (lr={lr}) or check the data for NaNs, "
+                        "then run again."
+                    )
                 for p, g in zip(trainable, good):
                     g.copy_(p)
             lr_sched.step()

@@ -852,6 +852,102 @@ def unit4_inversion_rows(units: Path) -> list[Row]:
     return rows
 
 
+# ---- Unit 3, notebook 1 -----------------------------------------------------------------------
+
+
+def unit3_sd_rows(units: Path) -> list[Row]:
+    from coursekit.models import NoisePredictor
+
+    nb = units / "unit3" / "01_stable_diffusion.ipynb"
+    S = settings(nb)
+    name = nb.relative_to(units.parent).as_posix()
+    unet, vae, text = sd_parts()
+    clip = clip_b32()
+    for mod in (unet, vae, text):
+        mod.eval().requires_grad_(False)
+    pipe = param_bytes(unet) + param_bytes(vae) + param_bytes(text) + param_bytes(clip)
+    steps = S["steps"]
+    sweep = len(S["sweep_prompts"]) * S["per_prompt"]
+    batch = max(sweep, S["n_negative"], 4, S["n_inpaint"])
+    # (images, steps each): sections 3, 5 (loop, pipeline, coursekit), 6, 7, 9, 10 (inpaint + fresh)
+    images = [(1, steps), (3, steps), (sweep * len(S["scales"]), steps), (2 * S["n_negative"], steps),
+              (4, sum(max(1, int(steps * st)) for st in S["strengths"])), (2 * S["n_inpaint"], steps)]
+    image_steps = sum(n * k for n, k in images)
+    cond = meta_randn(batch, 77, 768)
+    m = infer_measure([unet], lambda: NoisePredictor(unet, text=(cond, cond), guidance_scale=S["guidance"])(
+        meta_randn(batch, 4, 64, 64), 500))
+    rows = [fill(Row(name, f"SD v1.5 fp32: UNet with CFG, up to {batch} images at once", f"{batch} (x2 = {2 * batch})",
+                     "infer", note=f"{image_steps} image-steps in all (sections 3 to 10); pipeline and CLIP resident"),
+                 m, used_models=[unet], resident=pipe - param_bytes(unet), calls=[(image_steps, 1 / batch)])]
+    decodes = sum(n for n, _ in images) + 4 * len(S["strengths"]) + S["n_inpaint"] + 1
+    m = infer_measure([vae], lambda: vae.decode(meta_randn(batch, 4, 64, 64)).sample)
+    rows.append(fill(Row(name, f"SD v1.5 fp32: VAE decode to 512x512, {batch} at once", f"{batch}", "infer",
+                         note=f"{decodes} images decoded in all; pipeline and CLIP resident"),
+                     m, used_models=[vae], resident=pipe - param_bytes(vae), calls=[(decodes, 1 / batch)]))
+    rows.append(Row(name, "section 8: composition on the zoo's tiny-sd", "-", "small", note="small model; not estimated"))
+    return rows
+
+
+def unit3_lora_rows(units: Path) -> list[Row]:
+    import torch.nn.functional as F
+
+    from coursekit import adapters
+    from coursekit.models import NoisePredictor
+
+    nb = units / "unit3" / "02_lora_and_controlnet.ipynb"
+    S = settings(nb)
+    name = nb.relative_to(units.parent).as_posix()
+    unet, vae, text = sd_parts()
+    clip = clip_b32()
+    for mod in (vae, text):
+        mod.eval().requires_grad_(False)
+    resident = param_bytes(vae) + param_bytes(text) + param_bytes(clip)
+    bs, steps, k = S["batch_size"], S["steps"], S["n_eval"]
+    adapters.add_lora(unet, rank=S["rank"])
+    lora = [p for p in unet.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(lora, lr=1e-4, foreach=True)
+
+    def step():
+        pred = unet(meta_randn(bs, 4, 64, 64), torch.randint(0, 1000, (bs,), device="meta"),
+                    encoder_hidden_states=meta_randn(bs, 77, 768)).sample
+        F.mse_loss(pred, meta_randn(bs, 4, 64, 64)).backward()
+        torch.nn.utils.clip_grad_norm_(lora, 1.0)
+        optimizer.step()
+        optimizer.zero_grad()
+
+    unet.train()
+    step()
+    baseline = param_bytes(unet) + optimizer_state_bytes(optimizer, "meta")
+    m = measure(step, exclude=[*unet.parameters(), *unet.buffers()])
+    m.baseline = baseline
+    rows = [fill(Row(name, f"SD v1.5 fp32: LoRA rank {S['rank']} training at 512x512, AdamW", f"{bs}", "train",
+                     note=f"{S['lora_steps']} steps; VAE, text encoder and CLIP resident"),
+                 m, train_models=[unet], resident=resident, calls=[(S["lora_steps"], 1.0)],
+                 per_step_extra_s=optimizer_seconds(sum(p.numel() for p in lora)) + LOOP_OVERHEAD_S)]
+    unet.eval().requires_grad_(False)
+    n = max(len(S["old_prompts"]), 2) * k       # the concept's 2 prompts, then the old ones, each a batch
+    cond = meta_randn(n, 77, 768)
+    m = infer_measure([unet], lambda: NoisePredictor(unet, text=(cond, cond), guidance_scale=S["guidance"])(
+        meta_randn(n, 4, 64, 64), 500))
+    measures = 2 * (2 + 3)   # concept and old prompts: before, after, three adapter scales (a second pipeline then)
+    rows.append(fill(Row(name, "SD v1.5 fp32: sampling the concept and old prompts with CFG", f"{n} (x2 = {2 * n})",
+                         "infer", note=f"{measures} measurements of {steps} steps; a second pipeline resident in section 3"),
+                     m, used_models=[unet], resident=resident + param_bytes(unet), calls=[(measures * steps, 1.0)]))
+    unet = sd_parts()[0].eval().requires_grad_(False)     # ControlNetModel.from_unet needs a UNet without adapters
+    controlnet = meta_module(lambda: adapters.controlnet_from_unet(unet, 8))
+    controlnet.eval().requires_grad_(False)
+    c = S["n_control"]
+    cond = meta_randn(2 * c, 77, 768)
+    m = infer_measure([unet, controlnet], lambda: adapters.controlled_noise(
+        unet, controlnet, meta_randn(2 * c, 4, 64, 64), 500, cond, meta_randn(2 * c, 3, 512, 512)))
+    rows.append(fill(Row(name, "SD v1.5 + canny ControlNet fp32, CFG", f"{c} (x2 = {2 * c})", "infer",
+                         note=f"{2 * steps} steps (loop and pipeline); without control costs as section 2"),
+                     m, used_models=[unet, controlnet], resident=resident, calls=[(2 * steps, 1.0)]))
+    rows.append(Row(name, "section 4: LoRA against full fine-tuning on the zoo's tiny-sd", "-", "small",
+                    note="small model; not estimated"))
+    return rows
+
+
 # ---- Unit 4, notebook 2 -----------------------------------------------------------------------
 
 
@@ -1002,6 +1098,8 @@ def main(argv=None) -> int:
     for part, model_keys in ((lambda: unit1_rows(units), ("model",)),
                              (lambda: unit2_finetune_rows(units, alts), ("model", "clip_model")),
                              (lambda: unit2_class_rows(units), ("dataset",)),
+                             (lambda: unit3_sd_rows(units), ("model", "clip_model")),
+                             (lambda: unit3_lora_rows(units), ("model", "clip_model", "controlnet_model")),
                              (lambda: unit4_inversion_rows(units), ("model", "photo_model")),
                              (lambda: unit4_audio_rows(units, alts), ("model",)),
                              (lambda: unit4_faster_rows(units), ("model",))):

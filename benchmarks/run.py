@@ -435,6 +435,91 @@ def genre_shift(n: int = 100) -> dict:
                        f"(before floored at 1/{n})"}
 
 
+_TINY_SD: dict = {}
+
+
+def _tiny_sd_quality() -> dict:
+    """The zoo's evaluation of tiny-sd (prompts seen in training and held out), measured once per run."""
+    from coursekit import stable_diffusion
+
+    if not _TINY_SD:
+        recipe = zoo.TEXT_RECIPES["tiny-sd"]
+        _TINY_SD.update(zoo.evaluate_text(stable_diffusion.load_pipeline("tiny-sd"), recipe, per_pair=8))
+    return _TINY_SD
+
+
+def tiny_sd_prompt_accuracy() -> dict:
+    q = _tiny_sd_quality()
+    value = q["seen_prompt_accuracy"]
+    return {"value": value, "target": ">= 0.9", "unit": "share", "met": value >= 0.9,
+            "digit": q["seen_digit_accuracy"], "colour": q["seen_colour_accuracy"],
+            "setting": f"{q['seen_samples']} samples of the 50 digit-colour pairs seen in training, {q['sampler']}"}
+
+
+def tiny_sd_heldout_accuracy() -> dict:
+    q = _tiny_sd_quality()
+    value = q["held_out_prompt_accuracy"]
+    return {"value": value, "target": ">= 0.7", "unit": "share", "met": value >= 0.7,
+            "digit": q["held_out_digit_accuracy"], "colour": q["held_out_colour_accuracy"],
+            "setting": f"{q['held_out_samples']} samples of the 10 pairs held out of training, {q['sampler']}"}
+
+
+UNIT3_LORA = "unit3/02_lora_and_controlnet.ipynb"
+
+
+def lora_vs_full_forgetting(per_prompt: int = 6) -> dict:
+    """Section 4 of the LoRA notebook on more samples: LoRA and full fine-tuning of tiny-sd on the same
+    20 orange digits for the notebook's steps; value = old-prompt accuracy after LoRA minus after full
+    fine-tuning (how much less LoRA forgets)."""
+    from coursekit import adapters, captions, stable_diffusion
+
+    steps = notebook_setting(UNIT3_LORA, "compare_steps")
+    x, texts, digits, _ = captions.dataset(pairs=[(d, "orange") for d in range(10)], held_out=())
+    pick = torch.cat([torch.nonzero(digits == d)[:2, 0] for d in range(10)])
+    x, texts = x[pick], [texts[i] for i in pick]
+    judge = captions.prompt_judge()
+    new = [captions.caption(d, "orange") for d in range(10) for _ in range(per_prompt)]
+    old = [captions.caption(d, c) for d in range(10) for c in ("red", "blue", "yellow") for _ in range(per_prompt // 2)]
+
+    def scores(p):
+        g = torch.Generator().manual_seed(0)
+        a = stable_diffusion.text_to_image(p, new, steps=25, guidance_scale=5.0, generator=g)
+        b = stable_diffusion.text_to_image(p, old, steps=25, guidance_scale=5.0, generator=g)
+        return judge.accuracy(a, new), judge.accuracy(b, old)
+
+    base = scores(stable_diffusion.load_pipeline("tiny-sd"))
+    out = {}
+    for name, lr in (("lora", 3e-3), ("full", 3e-4)):
+        p = stable_diffusion.load_pipeline("tiny-sd")
+        if name == "lora":
+            n = adapters.add_lora(p.unet, rank=4)
+        else:
+            n = adapters.trainable_parameters(p.unet.requires_grad_(True))
+        began = time.perf_counter()
+        adapters.train_unet(p, x, texts, steps=steps, batch_size=16, lr=lr, seed=0, progress=False)
+        out[name] = (n, time.perf_counter() - began, *scores(p))
+    value = out["lora"][3] - out["full"][3]
+    return {"value": value, "target": ">= 0", "unit": "share", "met": value >= 0,
+            "base_concept": base[0], "base_old": base[1],
+            "lora_concept": out["lora"][2], "lora_old": out["lora"][3], "lora_trainable": out["lora"][0],
+            "full_concept": out["full"][2], "full_old": out["full"][3], "full_trainable": out["full"][0],
+            "time_ratio_lora_over_full": out["lora"][1] / out["full"][1],
+            "setting": f"tiny-sd, 20 orange digits, {steps} steps of batch 16; LoRA rank 4 lr 3e-3, full lr 3e-4"}
+
+
+def controlnet_agreement_gain(n: int = 100) -> dict:
+    from coursekit import adapters, stable_diffusion
+
+    recipe = zoo.CONTROL_RECIPES["tiny-sd-controlnet"]
+    q = zoo.evaluate_control(stable_diffusion.load_pipeline(recipe.base), adapters.load_controlnet("tiny-sd-controlnet"),
+                             recipe, n=n)
+    value = q["edge_agreement_with_control"] / q["edge_agreement_without_control"]
+    return {"value": value, "target": ">= 1.5", "unit": "ratio", "met": value >= 1.5,
+            "with_control": q["edge_agreement_with_control"], "without_control": q["edge_agreement_without_control"],
+            "prompt_accuracy_with_control": q["prompt_accuracy_with_control"],
+            "setting": f"tiny-sd with tiny-sd-controlnet, Canny edges of {n} training images, {q['sampler']}"}
+
+
 FIGURES = {
     "ddim_vs_diffusers": ddim_vs_diffusers,
     "cfg_batched_vs_naive": cfg_batched_vs_naive,
@@ -451,6 +536,10 @@ FIGURES = {
     "samplers_table": samplers_table,
     "audio_roundtrip_db": audio_roundtrip_db,
     "genre_shift": genre_shift,
+    "tiny_sd_prompt_accuracy": tiny_sd_prompt_accuracy,
+    "tiny_sd_heldout_accuracy": tiny_sd_heldout_accuracy,
+    "lora_vs_full_forgetting": lora_vs_full_forgetting,
+    "controlnet_agreement_gain": controlnet_agreement_gain,
 }
 
 

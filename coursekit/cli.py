@@ -277,7 +277,7 @@ def doctor(paths: list[str] | None = None) -> dict:
     probe = cache if cache.exists() else Path.home()
     cached = {repo: hub.is_cached(repo, "dataset" if repo in hub.DATASETS else "model")
               for repo in hub.MODELS + hub.DATASETS}
-    zoo_ok = all((zoo.ZOO_DIR / n / "unet").is_dir() for n in zoo.recipe_names())
+    zoo_ok = all(zoo.is_shipped(n) for n in zoo.recipe_names())
     notebooks = [notebook_report(nb, zoo_ok, reachable)
                  for nb in find_notebooks(paths or (["units"] if Path("units").is_dir() else []))]
     stops = [n for n in notebooks if n["stops"]]

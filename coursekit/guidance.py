@@ -325,6 +325,39 @@ def clip_loss(prompt: str, clip, *, cuts: int = 8, generator: torch.Generator | 
     return loss
 
 
+@torch.no_grad()
+def clip_score(images: torch.Tensor, prompts, clip) -> torch.Tensor:
+    """CLIP score per image (Hessel et al. 2021): 100 x the cosine similarity between CLIP's
+    embedding of each image (prepared by `clip_pixels`, as CLIP's own processor does) and of its
+    prompt (one per image, or one for all), floored at 0."""
+    model, tokenizer = clip
+    device = next(model.parameters()).device
+    prompts = [prompts] * len(images) if isinstance(prompts, str) else list(prompts)
+    if len(prompts) != len(images):
+        raise SamplerError(f"got {len(prompts)} prompts for {len(images)} images; give one per image, or one for all")
+    tokens = tokenizer(prompts, padding=True, truncation=True, return_tensors="pt").to(device)
+    text = torch.nn.functional.normalize(_features(model.get_text_features(**tokens)), dim=-1)
+    pixels = clip_pixels(images.to(device, torch.float32), model.config.vision_config.image_size)
+    image = torch.nn.functional.normalize(_features(model.get_image_features(pixel_values=pixels)), dim=-1)
+    return (100 * (image * text).sum(-1)).clamp_min(0).cpu()
+
+
+@torch.no_grad()
+def clip_image_similarity(images: torch.Tensor, references: torch.Tensor, clip) -> torch.Tensor:
+    """Per image, the cosine similarity between CLIP's embedding of it and the mean embedding of
+    `references` (DreamBooth's CLIP-I, Ruiz et al. 2022): how much the images show the references' subject."""
+    model, _ = clip
+    device = next(model.parameters()).device
+    size = model.config.vision_config.image_size
+
+    def embed(x):
+        pixels = clip_pixels(x.to(device, torch.float32), size)
+        return torch.nn.functional.normalize(_features(model.get_image_features(pixel_values=pixels)), dim=-1)
+
+    target = torch.nn.functional.normalize(embed(references).mean(0, keepdim=True), dim=-1)
+    return (embed(images) * target).sum(-1).cpu()
+
+
 def parse_colour(colour) -> tuple[float, float, float]:
     """An RGB triple in 0..1 from '#rrggbb', 'rgb(r, g, b)' / 'rgba(...)' (0..255) or a triple in 0..1."""
     import re

@@ -18,6 +18,7 @@ from pathlib import Path
 
 PINS_FILE = Path(__file__).with_name("hub_revisions.json")
 
+# lllyasviel/sd-controlnet-canny is the Canny-edge ControlNet trained for Stable Diffusion v1.5 (Zhang et al. 2023).
 # Each model ships safetensors (google/ddpm-celebahq-256, johnowhitaker/ddpm-butterflies-32px and
 # teticio/audio-diffusion-instrumental-hiphop-256, which the course used before, ship only pickles):
 # the 256-pixel cat DDPM has the celebahq model's architecture, anton-l's 128-pixel butterflies were
@@ -29,6 +30,7 @@ MODELS = (
     "stable-diffusion-v1-5/stable-diffusion-v1-5",
     "kmpartner/audio-diffusion-electronic",
     "openai/clip-vit-base-patch32",
+    "lllyasviel/sd-controlnet-canny",
 )
 DATASETS = (
     "huggan/smithsonian_butterflies_subset",
@@ -50,11 +52,13 @@ SAFETENSORS_REFS = {"openai/clip-vit-base-patch32": "refs/pr/32"}
 UNSAFE_WEIGHTS = ["*.bin", "*.ckpt", "*.pt", "*.msgpack", "*.onnx", "*.h5"]
 DIFFUSERS_FILES = ["*.json", "*.safetensors", "unet/*", "scheduler/*"]
 CLIP_FILES = ["*.json", "*.txt", "*.safetensors"]
+CONTROLNET_FILES = ["config.json", "diffusion_pytorch_model.safetensors"]
 SD_FILES = ["model_index.json", "scheduler/*", "tokenizer/*", "feature_extractor/*",
             "text_encoder/config.json", "text_encoder/model.safetensors",
             "unet/config.json", "unet/diffusion_pytorch_model.safetensors",
             "vae/config.json", "vae/diffusion_pytorch_model.safetensors"]
-_FILES = {"stable-diffusion-v1-5/stable-diffusion-v1-5": SD_FILES, "openai/clip-vit-base-patch32": CLIP_FILES}
+_FILES = {"stable-diffusion-v1-5/stable-diffusion-v1-5": SD_FILES, "openai/clip-vit-base-patch32": CLIP_FILES,
+          "lllyasviel/sd-controlnet-canny": CONTROLNET_FILES}
 
 
 def model_files(repo_id: str) -> dict:

@@ -233,22 +233,12 @@ SD_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 
 
 def load_stable_diffusion(name: str = SD_MODEL, device: str = "cpu", dtype=None):
-    """A StableDiffusionPipeline from a Hub id (pinned revision; only the fp32 safetensors of each
-    component, not the multi-GB single-file checkpoints beside them) or a local folder, with a
-    DDIM scheduler and without the safety checker (nothing here is shown to the public)."""
-    import os
+    """A StableDiffusionPipeline from a Hub id (pinned revision) or a local folder, with a DDIM
+    scheduler and without the safety checker: `coursekit.stable_diffusion.load_pipeline`."""
+    from .stable_diffusion import load_pipeline
 
-    from diffusers import DDIMScheduler, StableDiffusionPipeline
+    return load_pipeline(name, device=device, dtype=dtype)
 
-    from . import hub
-
-    folder = name if os.path.isdir(name) else hub.fetch(
-        name, "the small track inverts the zoo's digit and photo models instead", allow_patterns=hub.SD_FILES)
-    pipe = StableDiffusionPipeline.from_pretrained(folder, safety_checker=None, requires_safety_checker=False,
-                                                   use_safetensors=True, dtype=dtype or torch.float32)
-    pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe.to(device)
 
 def encode_prompt(pipe, prompt: str, guidance_scale: float = 1.0, negative_prompt: str | None = None):
     """(cond, uncond) text embeddings from a StableDiffusionPipeline's own `encode_prompt`."""

@@ -38,6 +38,9 @@ CONFIG_SOURCES = {
                                             "and mel settings, saved by diffusers 0.27.2)",
     "openai/clip-vit-base-patch32": "values of the real config.json (transformers' CLIPConfig defaults); the real "
                                     "file's legacy *_config_dict layout is not reproduced",
+    "lllyasviel/sd-controlnet-canny": "not seen offline: Stable Diffusion v1.5's UNet config (which the ControlNet "
+                                      "copies) with ControlNetModel's conditioning keys at their defaults, which the "
+                                      "canny model uses (16/32/96/256 embedding channels, RGB order)",
     "huggan/smithsonian_butterflies_subset": "the 18 columns and types of its dataset_infos.json",
     "ylecun/mnist": "its dataset card's features (Image, ClassLabel '0'..'9') and the parquet converter's layout",
     "lewtun/music_genres_small": "its dataset card's features (audio, song_id, genre_id, genre); the genre names "
@@ -58,6 +61,9 @@ SHRINK = {
         "block_out_channels": [16, 32], "layers_per_block": 1, "cross_attention_dim": 32,
         "attention_head_dim": 2, "norm_num_groups": 8, "down_block_types": ["CrossAttnDownBlock2D", "DownBlock2D"],
         "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D"]},
+    ("lllyasviel/sd-controlnet-canny", "config.json"): {
+        "block_out_channels": [16, 32], "layers_per_block": 1, "cross_attention_dim": 32,
+        "attention_head_dim": 2, "norm_num_groups": 8, "down_block_types": ["CrossAttnDownBlock2D", "DownBlock2D"]},
     ("stable-diffusion-v1-5/stable-diffusion-v1-5", "vae/config.json"): {
         "block_out_channels": [8, 8, 8, 8], "layers_per_block": 1, "norm_num_groups": 4},
     ("stable-diffusion-v1-5/stable-diffusion-v1-5", "text_encoder/config.json"): {
@@ -191,6 +197,12 @@ def stable_diffusion(repo: str, folder: Path) -> None:
     _diffusers_model(repo, folder, "vae/config.json")
 
 
+def controlnet(repo: str, folder: Path) -> None:
+    """A ControlNet's single-model layout: config and weights at the top, shrunk as Stable
+    Diffusion's stand-in UNet is, so that its residuals fit that UNet."""
+    _diffusers_model(repo, folder, "config.json")
+
+
 def clip(repo: str, folder: Path) -> None:
     """openai/clip-vit-base-patch32: config, weights, tokenizer and image processor at the top."""
     _copy(repo, folder, "preprocessor_config.json", "tokenizer_config.json", "special_tokens_map.json")
@@ -310,6 +322,7 @@ STANDINS = {
     "stable-diffusion-v1-5/stable-diffusion-v1-5": ("model", stable_diffusion),
     "kmpartner/audio-diffusion-electronic": ("model", audio_diffusion),
     "openai/clip-vit-base-patch32": ("model", clip),
+    "lllyasviel/sd-controlnet-canny": ("model", controlnet),
     "huggan/smithsonian_butterflies_subset": ("dataset", butterflies),
     "ylecun/mnist": ("dataset", mnist),
     "lewtun/music_genres_small": ("dataset", music_genres),

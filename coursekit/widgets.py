@@ -373,3 +373,33 @@ def audio_generator(unet, scheduler, preset, *, steps: int = 25) -> Explorer:
     ex.player = player
     ex.update()
     return ex
+
+
+def text_to_image(pipe, *, prompt: str = "a red seven", n: int = 4, steps: int = 25, guidance_scale: float = 5.0,
+                  max_scale: float = 15.0) -> Explorer:
+    """Prompt, guidance scale, steps and seed for a Stable Diffusion pipeline (`coursekit.stable_diffusion`);
+    Run draws `n` images with `stable_diffusion.text_to_image`."""
+    import ipywidgets as w
+
+    from . import stable_diffusion as sd
+
+    n = check_int(n, "n", 1, why=" (images per run)")
+    steps = check_int(steps, "steps", 1, SLIDER_STEPS, " (the steps slider's range)")
+    guidance_scale = check_number(guidance_scale, "guidance_scale", 0.0, max_scale, " (the slider's range)")
+    controls = {"prompt": w.Text(value=str(prompt), description="prompt", continuous_update=False),
+                "guidance_scale": w.FloatSlider(value=guidance_scale, min=0.0, max=max_scale, step=0.5,
+                                                description="guidance", continuous_update=False),
+                "steps": w.IntSlider(value=steps, min=1, max=SLIDER_STEPS, description="steps", continuous_update=False),
+                "seed": w.IntText(value=0, description="seed")}
+
+    def compute(prompt, guidance_scale, steps, seed, tick):
+        if not str(prompt).strip():
+            raise WidgetError("type a prompt (an empty one draws from the unconditional model: use guidance 1 for that)")
+        g = torch.Generator(pipe.unet.device).manual_seed(check_seed(seed))
+        return sd.text_to_image(pipe, [prompt] * n, steps=steps, guidance_scale=guidance_scale, generator=g,
+                                callback=lambda step, state: tick(step, steps))
+
+    ex = Explorer("Text to image: prompt, guidance scale, steps, seed", controls, compute, lambda x: _grid_png(x),
+                  auto=False)
+    ex.update()
+    return ex

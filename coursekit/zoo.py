@@ -102,8 +102,69 @@ RECIPES = {
     ),
 }
 
+@dataclass(frozen=True)
+class ControlRecipe:
+    """A ControlNet for a zoo text-to-image model, trained on Canny edges of its own training images."""
+
+    description: str
+    base: str
+    steps: int
+    shift: int = 4
+    batch_size: int = 64
+    lr: float = 1e-3
+    p_uncond: float = 0.1
+    seed: int = 0
+    eval_steps: int = 25
+    eval_guidance: float = 5.0
+
+
+CONTROL_RECIPES = {
+    "tiny-sd-controlnet": ControlRecipe(
+        description="A ControlNet for tiny-sd on Canny edges (OpenCV, thresholds 100 and 200) of its 32x32 "
+                    "captioned coloured digits, each moved off-centre by up to 4 pixels (tiny-sd alone draws them "
+                    "centred): ControlNetModel.from_unet, zero-initialised, the UNet frozen.",
+        base="tiny-sd", steps=1500,
+    ),
+}
+
+
 def recipe_names() -> list[str]:
-    return sorted(RECIPES)
+    return sorted([*RECIPES, *TEXT_RECIPES, *CONTROL_RECIPES])
+
+
+def is_shipped(name: str) -> bool:
+    """Whether the package holds the zoo checkpoint `name` (its weights beside their config)."""
+    folder = ZOO_DIR / name
+    return any(folder.glob("*/*.safetensors")) or any(folder.glob("*.safetensors"))
+
+
+@dataclass(frozen=True)
+class TextRecipe:
+    """Everything needed to retrain the zoo's tiny Stable Diffusion from scratch: the tokenizer from
+    the captions, then the VAE, then the UNet and text encoder on the VAE's latents."""
+
+    description: str
+    vae_steps: int
+    steps: int
+    vae_batch_size: int = 32
+    vae_lr: float = 1e-3
+    batch_size: int = 64
+    lr: float = 1e-3
+    p_uncond: float = 0.1
+    p_partial: float = 0.2
+    ema_decay: float = 0.995
+    seed: int = 0
+    eval_steps: int = 25
+    eval_guidance: float = 5.0
+
+
+TEXT_RECIPES = {
+    "tiny-sd": TextRecipe(
+        description="A tiny Stable Diffusion (VAE, CLIP text encoder and tokenizer, UNet with cross-attention, DDIM "
+                    "scheduler) for 32x32 captioned coloured digits ('a red seven'), ten digit-colour pairs held out.",
+        vae_steps=1500, steps=2000,
+    ),
+}
 
 
 def build(recipe: Recipe):
@@ -234,6 +295,27 @@ def reevaluate(name: str, folder: str | os.PathLike | None = None, per_class: in
     """Measure a trained checkpoint again with its recipe's evaluation settings; rewrite its card."""
     out = Path(folder) if folder else ZOO_DIR / name
     done = json.loads((out / "recipe.json").read_text())
+    if name in CONTROL_RECIPES:
+        from . import adapters
+        from . import stable_diffusion as sd
+
+        recipe = CONTROL_RECIPES[name]
+        quality = evaluate_control(sd.load_pipeline(recipe.base), adapters.load_controlnet(out), recipe)
+        card = (out / "README.md").read_text().split("| measure | value |")[0]
+        rows = "\n".join(f"| {k} | {v} |" for k, v in quality.items())
+        (out / "README.md").write_text(card + "| measure | value |\n| --- | --- |\n" + rows + "\n")
+        (out / "recipe.json").write_text(json.dumps({**done, "quality": quality}, indent=2) + "\n")
+        return quality
+    if name in TEXT_RECIPES:
+        from . import stable_diffusion as sd
+
+        pipe = sd.load_pipeline(out)
+        quality = evaluate_text(pipe, TEXT_RECIPES[name], per_pair=max(1, per_class // 12))
+        seconds = {**done["train_seconds"]}
+        (out / "README.md").write_text(_text_card(name, TEXT_RECIPES[name], pipe, seconds, quality,
+                                                  done["steps"], done["vae_steps"]))
+        (out / "recipe.json").write_text(json.dumps({**done, "quality": quality}, indent=2) + "\n")
+        return quality
     unet, scheduler = load_model(out)
     quality = evaluate(unet, scheduler, RECIPES[name], per_class=per_class)
     write_card(out, name, unet, done["steps"], done["train_seconds"], quality)
@@ -265,6 +347,12 @@ def train_checkpoint(name: str, out: str | os.PathLike | None = None, steps: int
     from . import train as training
     from .tracks import torch_threads
 
+    if name in CONTROL_RECIPES:
+        return train_control_checkpoint(name, out, steps, threads=threads, evaluate_after=evaluate_after,
+                                        progress=progress, into_package=into_package)
+    if name in TEXT_RECIPES:
+        return train_text_checkpoint(name, out, steps, threads=threads, evaluate_after=evaluate_after,
+                                     progress=progress, into_package=into_package)
     if name not in RECIPES:
         raise ZooError(f"no recipe named {name!r}; known: {', '.join(recipe_names())}")
     recipe = RECIPES[name]
@@ -291,6 +379,211 @@ def train_checkpoint(name: str, out: str | os.PathLike | None = None, steps: int
     return out
 
 
+def evaluate_text(pipe, recipe: TextRecipe, per_pair: int = 4, guidance_scale: float | None = None,
+                  seed: int = 1) -> dict:
+    """Prompt accuracy of a tiny Stable Diffusion by `captions.prompt_judge()`: `per_pair` samples of
+    each digit-colour pair seen in training, and 2 * `per_pair` of each held-out pair."""
+    import torch
+
+    from . import captions
+    from . import stable_diffusion as sd
+
+    judge = captions.prompt_judge()
+    scale = recipe.eval_guidance if guidance_scale is None else guidance_scale
+    seen = [captions.caption(d, c) for d in range(10) for c in captions.COLOURS if (d, c) not in captions.HELD_OUT]
+    held = [captions.caption(d, c) for d, c in captions.HELD_OUT]
+    out = {"sampler": f"DDIM, {recipe.eval_steps} steps, guidance scale {scale}"}
+    for what, prompts in (("seen", seen * per_pair), ("held_out", held * 2 * per_pair)):
+        g = torch.Generator().manual_seed(seed)
+        x = torch.cat([sd.text_to_image(pipe, prompts[i:i + 200], steps=recipe.eval_steps, guidance_scale=scale,
+                                        generator=g) for i in range(0, len(prompts), 200)])
+        scores = judge.scores(x, prompts)
+        out[f"{what}_samples"] = len(prompts)
+        out[f"{what}_prompt_accuracy"] = round(scores["both"], 4)
+        out[f"{what}_digit_accuracy"] = round(scores["digit"], 4)
+        out[f"{what}_colour_accuracy"] = round(scores["colour"], 4)
+    return out
+
+
+def _text_card(name: str, recipe: TextRecipe, pipe, seconds: dict, quality: dict, steps: int, vae_steps: int) -> str:
+    from . import captions
+
+    rows = "\n".join(f"| {k} | {v} |" for k, v in quality.items())
+    params = {part: sum(p.numel() for p in getattr(pipe, part).parameters()) for part in ("vae", "text_encoder", "unet")}
+    held = ", ".join(captions.caption(d, c) for d, c in captions.HELD_OUT)
+    return f"""---
+library_name: diffusers
+pipeline_tag: text-to-image
+tags: [coursekit, stable-diffusion, small-track]
+---
+# {name}
+
+{recipe.description}
+
+- **Data**: `coursekit.captions.dataset()`: scikit-learn's 1,797 digits upscaled to 32x32 and painted in six colours
+  on black, captioned "a <colour> <digit>"; held out of training entirely: {held}. The VAE trained on the same
+  digits in random colours.
+- **Parts** (load with `StableDiffusionPipeline.from_pretrained` or `coursekit.stable_diffusion.load_pipeline({name!r})`):
+  `AutoencoderKL` ({params['vae']:,} parameters, 32x32x3 -> 8x8x4, scaling factor {pipe.vae.config.scaling_factor:.4f}),
+  `CLIPTextModel` ({params['text_encoder']:,}; {pipe.tokenizer.model_max_length} tokens x {pipe.text_encoder.config.hidden_size}),
+  `CLIPTokenizer` (byte-level BPE learned from the captions, {len(pipe.tokenizer)} tokens),
+  `UNet2DConditionModel` ({params['unet']:,}, cross-attention to the text), `DDIMScheduler` with Stable Diffusion
+  v1's scaled-linear betas.
+- **Recipe**: VAE {vae_steps} steps of batch {recipe.vae_batch_size} (lr {recipe.vae_lr}); then UNet and text
+  encoder together, {steps} steps of batch {recipe.batch_size} (AdamW lr {recipe.lr}, cosine), caption
+  dropout {recipe.p_uncond}, one-attribute captions ('a seven', 'a red digit') {recipe.p_partial}, EMA {recipe.ema_decay},
+  seed {recipe.seed}. Full recipe:
+  `coursekit.zoo.TEXT_RECIPES[{name!r}]`.
+- **Training time**: VAE {seconds['vae'] / 60:.1f} min, UNet and text encoder {seconds['unet'] / 60:.1f} min on
+  {platform.machine()} CPU, {seconds['threads']} torch thread(s).
+- **Reproduce**: `coursekit train {name} --out DIR` (`--into-package` replaces this shipped checkpoint)
+
+## Measured quality
+Judged by `coursekit.captions.prompt_judge()`: the digit by a classifier fit on real digits only, the colour as the
+palette colour nearest the mean of the bright pixels.
+
+| measure | value |
+| --- | --- |
+{rows}
+"""
+
+
+def train_text_checkpoint(name: str, out=None, steps: int | None = None, vae_steps: int | None = None,
+                          threads: int | None = None, evaluate_after: bool = True, progress: bool = True,
+                          into_package: bool = False) -> Path:
+    """Retrain the tiny Stable Diffusion `name` from its recipe: tokenizer, VAE, scaling factor,
+    then UNet and text encoder on the VAE's latents; save the pipeline and its card in `out`."""
+    import torch
+
+    from . import captions
+    from . import stable_diffusion as sd
+    from . import train as training
+    from .tracks import torch_threads
+
+    recipe = TEXT_RECIPES[name]
+    steps = recipe.steps if steps is None else training.positive_int("steps", steps)
+    vae_steps = recipe.vae_steps if vae_steps is None else training.positive_int("vae_steps", vae_steps)
+    out = output_folder(out, into_package, ZOO_DIR / name, steps < recipe.steps or vae_steps < recipe.vae_steps,
+                        f"checkpoint {name!r}")
+    work = out.with_name(out.name + ".work")
+    with torch_threads(threads):
+        tokenizer = captions.build_tokenizer(work / "tokenizer")
+        vae, text, unet, scheduler = sd.build_tiny(tokenizer, recipe.seed)
+        fitted = sd.train_vae(vae, steps=vae_steps, batch_size=recipe.vae_batch_size, lr=recipe.vae_lr,
+                              seed=recipe.seed, out_dir=work / "vae", progress=progress)
+        vae = fitted.model.eval()
+        images, _, digits, colours = captions.dataset()
+        texts = [captions.partial(int(d), c) for d, c in zip(digits, colours)]
+        with torch.no_grad():
+            sd.set_scaling_factor(vae, images[::7])
+            latents = torch.cat([vae.encode(images[i:i + 512]).latent_dist.mean for i in range(0, len(images), 512)])
+        latents = latents * vae.config.scaling_factor
+        result = sd.train_text_to_image(unet, text, tokenizer, scheduler, latents, texts, steps=steps,
+                                        batch_size=recipe.batch_size, lr=recipe.lr, p_uncond=recipe.p_uncond,
+                                        p_partial=recipe.p_partial, ema_decay=recipe.ema_decay, seed=recipe.seed,
+                                        out_dir=work / "unet",
+                                        progress=progress)
+        best = result.best
+        if out.exists():
+            shutil.rmtree(out)
+        sd.save_pipeline(out, vae, best.text_encoder, tokenizer, best.unet, scheduler)
+        pipe = sd.load_pipeline(out)
+        quality = evaluate_text(pipe, recipe) if evaluate_after else {}
+        seconds = {"vae": fitted.seconds, "unet": result.seconds, "threads": torch.get_num_threads()}
+        (out / "README.md").write_text(_text_card(name, recipe, pipe, seconds, quality, steps, vae_steps))
+        (out / "recipe.json").write_text(json.dumps({**asdict(recipe), "name": name, "steps": steps,
+                                                     "vae_steps": vae_steps, "quality": quality,
+                                                     "train_seconds": {k: round(v, 1) for k, v in seconds.items()}},
+                                                    indent=2) + "\n")
+    shutil.rmtree(work, ignore_errors=True)
+    return out
+
+
+def evaluate_control(pipe, controlnet, recipe: ControlRecipe, n: int = 100, seed: int = 1) -> dict:
+    """Edge agreement (`adapters.edge_agreement`) of samples drawn with and without the ControlNet for the
+    edges and captions of `n` training images moved off-centre (by other offsets than in training),
+    and prompt accuracy with it and without."""
+    import torch
+
+    from . import adapters, captions
+    from . import stable_diffusion as sd
+
+    images, texts, _, _ = captions.dataset()
+    pick = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))[:n]
+    x, prompts = captions.shifted(images[pick], recipe.shift, seed=recipe.seed + 1), [texts[i] for i in pick]
+    edges = adapters.canny(x)
+    common = dict(steps=recipe.eval_steps, guidance_scale=recipe.eval_guidance)
+    with_control = adapters.controlled_image(pipe, controlnet, prompts, edges, generator=torch.Generator().manual_seed(seed),
+                                             **common)
+    without = sd.text_to_image(pipe, prompts, generator=torch.Generator().manual_seed(seed), **common)
+    return {"samples": n, "sampler": f"DDIM, {recipe.eval_steps} steps, guidance scale {recipe.eval_guidance}",
+            "edge_agreement_with_control": round(adapters.edge_agreement(with_control, edges), 4),
+            "edge_agreement_without_control": round(adapters.edge_agreement(without, edges), 4),
+            "prompt_accuracy_with_control": round(captions.prompt_judge().accuracy(with_control, prompts), 4),
+            "prompt_accuracy_without_control": round(captions.prompt_judge().accuracy(without, prompts), 4)}
+
+
+def train_control_checkpoint(name: str, out=None, steps: int | None = None, threads: int | None = None,
+                             evaluate_after: bool = True, progress: bool = True, into_package: bool = False) -> Path:
+    """Retrain the zoo ControlNet `name` from its recipe on its base model; save it (config and
+    safetensors, diffusers' `ControlNetModel` layout) with its card in `out`."""
+    import torch
+
+    from . import adapters, captions
+    from . import stable_diffusion as sd
+    from . import train as training
+    from .tracks import torch_threads
+
+    recipe = CONTROL_RECIPES[name]
+    steps = recipe.steps if steps is None else training.positive_int("steps", steps)
+    out = output_folder(out, into_package, ZOO_DIR / name, steps < recipe.steps, f"checkpoint {name!r}")
+    work = out.with_name(out.name + ".work")
+    with torch_threads(threads):
+        pipe = sd.load_pipeline(recipe.base)
+        images, texts, _, _ = captions.dataset()
+        images = captions.shifted(images, recipe.shift, seed=recipe.seed)
+        net = adapters.controlnet_from_unet(pipe.unet, pipe.vae_scale_factor, recipe.seed)
+        result = adapters.train_controlnet(pipe, net, images, texts, adapters.canny(images), steps=steps,
+                                           batch_size=recipe.batch_size, lr=recipe.lr, p_uncond=recipe.p_uncond,
+                                           seed=recipe.seed, out_dir=work, progress=progress)
+        net = result.model.eval()
+        if out.exists():
+            shutil.rmtree(out)
+        net.save_pretrained(out, safe_serialization=True)
+        quality = evaluate_control(pipe, net, recipe) if evaluate_after else {}
+        n_params = sum(p.numel() for p in net.parameters())
+        rows = "\n".join(f"| {k} | {v} |" for k, v in quality.items())
+        (out / "README.md").write_text(f"""---
+library_name: diffusers
+tags: [coursekit, controlnet, small-track]
+---
+# {name}
+
+{recipe.description}
+
+- **Base model**: the zoo's `{recipe.base}` (load both with `coursekit.stable_diffusion.load_pipeline({recipe.base!r})` and
+  `coursekit.adapters.load_controlnet({name!r})`).
+- **Data**: `coursekit.captions.dataset()`, each image moved by `captions.shifted(images, {recipe.shift})`, with
+  `coursekit.adapters.canny` of each as the condition.
+- **Model**: `ControlNetModel` ({n_params:,} parameters), condition embedding 16/32/96 channels (32x32 -> 8x8).
+- **Recipe**: {steps} steps of batch {recipe.batch_size}, AdamW lr {recipe.lr} (cosine), prompt dropout {recipe.p_uncond},
+  seed {recipe.seed}. Full recipe: `coursekit.zoo.CONTROL_RECIPES[{name!r}]`.
+- **Training time**: {result.seconds / 60:.1f} minutes on {platform.machine()} CPU, {torch.get_num_threads()} torch thread(s).
+- **Reproduce**: `coursekit train {name} --out DIR` (`--into-package` replaces this shipped checkpoint)
+
+## Measured quality
+Edge agreement: the F1 score between the Canny edges of a sample and the condition's edges, within one pixel.
+
+| measure | value |
+| --- | --- |
+{rows}
+""")
+        (out / "recipe.json").write_text(json.dumps({**asdict(recipe), "name": name, "steps": steps, "quality": quality,
+                                                     "train_seconds": round(result.seconds, 1)}, indent=2) + "\n")
+    shutil.rmtree(work, ignore_errors=True)
+    return out
+
+
 def add_commands(sub) -> None:
     """`train NAME` (retrain a checkpoint from its recipe, or `--list` them) and `evaluate NAME`."""
     t = sub.add_parser("train", help="retrain a zoo checkpoint from its recipe (--list: the recipes)")
@@ -312,7 +605,7 @@ def add_commands(sub) -> None:
 def _train_command(args) -> None:
     if args.list or not args.name:
         for n in recipe_names():
-            print(f"{n}: {RECIPES[n].description}")
+            print(f"{n}: {(RECIPES.get(n) or TEXT_RECIPES.get(n) or CONTROL_RECIPES[n]).description}")
         return
     began = time.perf_counter()
     path = train_checkpoint(args.name, args.out, args.steps, args.threads, evaluate_after=not args.no_eval,

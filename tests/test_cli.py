@@ -171,7 +171,7 @@ def test_prefetch_downloads_pinned_revisions_verifies_and_prints_sizes(tmp_path,
 def test_prefetch_of_an_unknown_unit_names_the_units():
     import pytest
 
-    with pytest.raises(cli.CommandError, match="no .*unit9; units are unit1, unit2, unit4"):
+    with pytest.raises(cli.CommandError, match="no .*unit9; units are unit1, unit2, unit3, unit4"):
         cli.prefetch_plan(unit=9, root=str(ROOT / "units"))
 
 

@@ -357,3 +357,61 @@ def test_instructor_guide_shows_the_t4_estimates_of_every_notebook():
     for path in NOTEBOOKS:
         assert f"| `{path.relative_to(ROOT / 'units').as_posix()}` |" in block.split("heavy cells on a T4, in all")[1]
     assert "GB" in block and "min" in block
+
+
+UNIT3_SD = ROOT / "units" / "unit3" / "01_stable_diffusion.ipynb"
+
+
+@pytest.fixture(scope="module")
+def tiny_sd_pipe(tmp_path_factory):
+    from coursekit import stable_diffusion
+    from tests.helpers import save_tiny_stable_diffusion
+
+    return stable_diffusion.load_pipeline(str(save_tiny_stable_diffusion(tmp_path_factory.mktemp("sd") / "pipe")))
+
+
+@pytest.mark.parametrize("w", [1.0, 4.0])
+def test_notebook_text_to_image_loop_is_the_pipeline_and_coursekits(tiny_sd_pipe, w):
+    from coursekit import stable_diffusion
+
+    loop = tagged(UNIT3_SD, "teach-text-to-image")["text_to_image_loop"]
+    ours = loop(tiny_sd_pipe, "a red cat", 6, w, torch.Generator().manual_seed(7))
+    theirs = tiny_sd_pipe("a red cat", num_inference_steps=6, guidance_scale=w, generator=torch.Generator().manual_seed(7),
+                          output_type="pt").images * 2 - 1
+    kit = stable_diffusion.text_to_image(tiny_sd_pipe, "a red cat", steps=6, guidance_scale=w,
+                                         generator=torch.Generator().manual_seed(7))
+    torch.testing.assert_close(ours, theirs, atol=1e-4, rtol=0)
+    torch.testing.assert_close(ours, kit, atol=1e-4, rtol=0)
+
+
+def test_notebook_sd_cross_attention_is_the_unets_layer(tiny_sd_pipe):
+    cross_attention = tagged(UNIT3_SD, "teach-sd-cross-attention")["cross_attention"]
+    attn = tiny_sd_pipe.unet.down_blocks[0].attentions[0].transformer_blocks[0].attn2
+    g = torch.Generator().manual_seed(8)
+    pixels = torch.randn(2, 64, attn.to_q.in_features, generator=g)
+    text = torch.randn(2, 7, attn.to_k.in_features, generator=g)
+    with torch.no_grad():
+        ours, weights = cross_attention(attn, pixels, text)
+        torch.testing.assert_close(ours, attn(pixels, encoder_hidden_states=text), atol=1e-5, rtol=1e-5)
+    assert weights.shape == (2, attn.heads, 64, 7)
+    torch.testing.assert_close(weights.sum(-1), torch.ones(2, attn.heads, 64))
+
+
+UNIT3_LORA = ROOT / "units" / "unit3" / "02_lora_and_controlnet.ipynb"
+
+
+def test_notebook_lora_formula_is_pefts_layer(tiny_sd_pipe):
+    from coursekit import adapters
+
+    lora_linear = tagged(UNIT3_LORA, "teach-lora")["lora_linear"]
+    unet = tiny_sd_pipe.unet
+    adapters.add_lora(unet, rank=2, alpha=6)
+    try:
+        layer = unet.down_blocks[0].attentions[0].transformer_blocks[0].attn2.to_k
+        torch.nn.init.normal_(layer.lora_B["default"].weight)
+        h = torch.randn(5, layer.in_features, generator=torch.Generator().manual_seed(9))
+        with torch.no_grad():
+            torch.testing.assert_close(lora_linear(h, layer.base_layer.weight, layer.lora_A["default"].weight,
+                                                   layer.lora_B["default"].weight, alpha=6, r=2), layer(h))
+    finally:
+        unet.delete_adapters("default")

@@ -11,7 +11,7 @@ def same_weights(a, b):
     return all(torch.equal(p, q) for p, q in zip(a.state_dict().values(), b.state_dict().values()))
 
 
-@pytest.mark.parametrize("name", zoo.recipe_names())
+@pytest.mark.parametrize("name", sorted(zoo.RECIPES))
 def test_every_zoo_checkpoint_ships_with_a_model_card(name):
     unet, scheduler = models.load_model(name)
     folder = zoo.ZOO_DIR / name
@@ -32,6 +32,59 @@ def test_every_zoo_checkpoint_ships_with_a_model_card(name):
     size = unet.config.sample_size
     assert (tuple(size) if isinstance(size, (list, tuple)) else (size, size)) == r.shape
     assert list(folder.glob("unet/*.safetensors"))
+
+
+def test_tiny_stable_diffusion_ships_as_a_pipeline_with_its_card_and_meets_its_bars():
+    from diffusers import StableDiffusionPipeline
+
+    folder = zoo.ZOO_DIR / "tiny-sd"
+    card = (folder / "README.md").read_text()
+    quality = json.loads((folder / "recipe.json").read_text())["quality"]
+    assert "coursekit train tiny-sd" in card and "## Measured quality" in card
+    assert quality["seen_prompt_accuracy"] >= 0.9, "the issue's bar on prompts seen in training"
+    assert 0 < quality["held_out_prompt_accuracy"] <= 1 and quality["held_out_samples"] >= 80
+    pipe = StableDiffusionPipeline.from_pretrained(folder, use_safetensors=True)
+    assert {type(getattr(pipe, p)).__name__ for p in ("vae", "text_encoder", "tokenizer", "unet")} == {
+        "AutoencoderKL", "CLIPTextModel", "CLIPTokenizer", "UNet2DConditionModel"}
+    assert not [p for p in folder.rglob("*") if p.suffix in (".bin", ".pt", ".ckpt", ".pkl")]
+
+
+def test_tiny_stable_diffusion_recipe_trains_for_a_few_steps(tmp_path):
+    from coursekit import stable_diffusion
+
+    out = zoo.train_text_checkpoint("tiny-sd", tmp_path / "m", steps=3, vae_steps=3, evaluate_after=False,
+                                    progress=False)
+    pipe = stable_diffusion.load_pipeline(out)
+    shipped = stable_diffusion.load_pipeline("tiny-sd")
+    assert pipe.unet.config.cross_attention_dim == shipped.unet.config.cross_attention_dim
+    assert pipe.vae.config.block_out_channels == shipped.vae.config.block_out_channels
+    assert len(pipe.tokenizer) == len(shipped.tokenizer)
+    assert pipe.vae.config.scaling_factor != 0.18215, "the scaling factor is measured on the data"
+    assert "VAE 3 steps" in (out / "README.md").read_text() and not (tmp_path / "m.work").exists()
+    with pytest.raises(zoo.ZooError, match="shorter run"):
+        zoo.train_text_checkpoint("tiny-sd", steps=3, into_package=True)
+
+
+def test_tiny_controlnet_ships_with_its_card_and_follows_edges_better_than_without():
+    from coursekit import adapters
+
+    folder = zoo.ZOO_DIR / "tiny-sd-controlnet"
+    card = (folder / "README.md").read_text()
+    quality = json.loads((folder / "recipe.json").read_text())["quality"]
+    assert "coursekit train tiny-sd-controlnet" in card and "## Measured quality" in card
+    assert quality["edge_agreement_with_control"] > quality["edge_agreement_without_control"] + 0.1
+    net = adapters.load_controlnet("tiny-sd-controlnet")
+    assert type(net).__name__ == "ControlNetModel" and list(folder.glob("*.safetensors"))
+
+
+def test_tiny_controlnet_recipe_trains_for_a_few_steps(tmp_path):
+    from coursekit import adapters
+
+    out = zoo.train_checkpoint("tiny-sd-controlnet", tmp_path / "c", steps=2, evaluate_after=False, progress=False)
+    net = adapters.load_controlnet(str(out))
+    assert net.config.conditioning_embedding_out_channels == [16, 32, 96] or \
+        tuple(net.config.conditioning_embedding_out_channels) == (16, 32, 96)
+    assert "2 steps of batch" in (out / "README.md").read_text() and not (tmp_path / "c.work").exists()
 
 
 def test_class_channel_models_save_and_load_like_any_model(tmp_path):
@@ -63,7 +116,7 @@ def test_shipped_conditional_model_draws_the_digit_asked_for():
     assert judge.accuracy(x, labels) >= 0.9
 
 
-@pytest.mark.parametrize("name", zoo.recipe_names())
+@pytest.mark.parametrize("name", sorted(zoo.RECIPES))
 def test_every_recipe_trains_for_a_few_steps(name, tmp_path):
     out = zoo.train_checkpoint(name, tmp_path / name, steps=3, evaluate_after=False, progress=False)
     unet, scheduler = models.load_model(out)

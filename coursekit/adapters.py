@@ -65,6 +65,20 @@ def save_lora(pipe, folder: str | os.PathLike, name: str = "default") -> Path:
     return folder / "pytorch_lora_weights.safetensors"
 
 
+def load_lora(pipe, folder: str | os.PathLike, name: str = "default", scale: float = 1.0) -> None:
+    """Load a LoRA file written by `save_lora` (or any UNet-only LoRA in diffusers' format) into `pipe`
+    as adapter `name` at `scale`, by `pipe.load_lora_weights`, without its notice that the text
+    encoder has no LoRA keys."""
+    from .stable_diffusion import quiet_loading
+
+    file = Path(folder) / "pytorch_lora_weights.safetensors"
+    if not file.is_file():
+        raise AdapterError(f"no LoRA file at {file}; write one with coursekit.adapters.save_lora(pipe, folder)")
+    with quiet_loading():
+        pipe.load_lora_weights(str(folder), adapter_name=name)
+    pipe.set_adapters([name], adapter_weights=[scale])
+
+
 def check_pairs(pipe, images, prompts) -> list[str]:
     from .data import check_images
     from .stable_diffusion import check_prompts
@@ -229,7 +243,7 @@ def controlnet_pipeline(pipe, controlnet):
     from diffusers import StableDiffusionControlNetPipeline
 
     out = StableDiffusionControlNetPipeline(**{k: v for k, v in pipe.components.items() if k != "image_encoder"},
-                                            controlnet=controlnet.to(pipe.device))
+                                            controlnet=controlnet.to(pipe.device), requires_safety_checker=False)
     out.set_progress_bar_config(disable=True)
     return out
 

@@ -89,8 +89,10 @@ class quiet_loading:
         from diffusers.utils import logging as dlog
         from transformers.utils import logging as tlog
 
-        self.state = (dlog.is_progress_bar_enabled(), tlog.is_progress_bar_enabled(), tlog.get_verbosity())
+        self.state = (dlog.is_progress_bar_enabled(), tlog.is_progress_bar_enabled(), tlog.get_verbosity(),
+                      dlog.get_verbosity())
         dlog.disable_progress_bar()
+        dlog.set_verbosity_error()
         tlog.disable_progress_bar()
         tlog.set_verbosity_error()
         return self
@@ -99,10 +101,11 @@ class quiet_loading:
         from diffusers.utils import logging as dlog
         from transformers.utils import logging as tlog
 
-        d_bar, t_bar, verbosity = self.state
+        d_bar, t_bar, t_verbosity, d_verbosity = self.state
         (dlog.enable_progress_bar if d_bar else dlog.disable_progress_bar)()
         (tlog.enable_progress_bar if t_bar else tlog.disable_progress_bar)()
-        tlog.set_verbosity(verbosity)
+        tlog.set_verbosity(t_verbosity)
+        dlog.set_verbosity(d_verbosity)
 
 
 def check_prompts(prompts, n: int | None = None) -> list[str]:

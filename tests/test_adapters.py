@@ -52,6 +52,8 @@ def test_lora_layer_is_w_plus_scaled_b_a(pipe):
 
 
 def test_saved_adapter_loads_into_a_fresh_pipeline_and_scales(pipe, tmp_path):
+    import logging
+
     from safetensors.torch import load_file
 
     adapters.add_lora(pipe.unet, rank=2)
@@ -64,7 +66,17 @@ def test_saved_adapter_loads_into_a_fresh_pipeline_and_scales(pipe, tmp_path):
     want = sd.text_to_image(pipe, "a cat", steps=3, guidance_scale=2.0, generator=g())
     fresh = sd.load_pipeline(str(tmp_path / "pipe"))
     plain = sd.text_to_image(fresh, "a cat", steps=3, guidance_scale=2.0, generator=g())
-    fresh.load_lora_weights(tmp_path / "lora", adapter_name="concept")
+    with pytest.raises(adapters.AdapterError, match="save_lora"):
+        adapters.load_lora(fresh, tmp_path / "nowhere")
+    notices = []
+    handler = logging.Handler()
+    handler.emit = lambda record: notices.append(record.getMessage())
+    logging.getLogger("diffusers").addHandler(handler)
+    try:
+        adapters.load_lora(fresh, tmp_path / "lora", "concept")
+    finally:
+        logging.getLogger("diffusers").removeHandler(handler)
+    assert not any("No LoRA keys" in n for n in notices)
     torch.testing.assert_close(sd.text_to_image(fresh, "a cat", steps=3, guidance_scale=2.0, generator=g()), want,
                                atol=1e-4, rtol=0)
     fresh.set_adapters(["concept"], adapter_weights=[0.0])

@@ -58,8 +58,13 @@ def ddim_step(x, eps, ab_t, ab_next):
     return ab_next.sqrt() * x0 + (1 - ab_next).sqrt() * eps
 
 
-def _ab(scheduler, t: int, device) -> torch.Tensor:
-    return torch.tensor(1.0, device=device) if t <= 0 else scheduler.alphas_cumprod.to(device)[t]
+def alpha_bar(scheduler, t, device) -> torch.Tensor:
+    """alpha-bar at timestep `t` (an int or a tensor of them), with alpha-bar = 1 (the clean image)
+    at t <= 0, where the nested grid ends; a tensor `t` gives one value per image, shaped to broadcast."""
+    if isinstance(t, torch.Tensor) and t.ndim:
+        ab = scheduler.alphas_cumprod.to(device)[t.clamp(min=0).to(device)]
+        return torch.where(t.to(device) > 0, ab, torch.ones_like(ab)).reshape(-1, 1, 1, 1)
+    return torch.tensor(1.0, device=device) if int(t) <= 0 else scheduler.alphas_cumprod.to(device)[int(t)]
 
 
 @torch.no_grad()
@@ -73,9 +78,9 @@ def sample_on_grid(model, scheduler, x: torch.Tensor, *, steps: int, labels=None
     ts = grid(steps)
     for i, t in enumerate(tqdm(ts, disable=not progress, desc=f"{steps}-step sampling", leave=False)):
         eps = predictor(x, t)
-        a_t = _ab(scheduler, t, x.device)
+        a_t = alpha_bar(scheduler, t, x.device)
         x0 = (x - (1 - a_t).sqrt() * eps) / a_t.sqrt()
-        x = ddim_step(x, eps, a_t, _ab(scheduler, ts[i + 1] if i + 1 < len(ts) else 0, x.device))
+        x = ddim_step(x, eps, a_t, alpha_bar(scheduler, ts[i + 1] if i + 1 < len(ts) else 0, x.device))
         if not_finite(x):
             raise SamplerError(f"the sample became NaN or infinite at step {i} (t={t}); check the model's weights "
                                "and the guidance scale")
@@ -92,7 +97,7 @@ def targets(teacher, scheduler, z, t: int, teacher_steps: int, labels=None, guid
     half = T_MAX // teacher_steps
     device = z.device
     predictor = as_predictor(teacher, z, labels=labels, guidance_scale=guidance_scale)
-    a_t, a_mid, a_next = (_ab(scheduler, s, device) for s in (t, t - half, t - 2 * half))
+    a_t, a_mid, a_next = (alpha_bar(scheduler, s, device) for s in (t, t - half, t - 2 * half))
     with torch.no_grad():
         z_mid = ddim_step(z, predictor(z, t), a_t, a_mid)
         z_next = ddim_step(z_mid, predictor(z_mid, t - half), a_mid, a_next)
@@ -132,7 +137,7 @@ def distill_round(teacher, scheduler, images: torch.Tensor, labels: torch.Tensor
         y = None if labels is None else batch.draw(train.drop_labels(labels[batch.indices], p_uncond, null, g))
         t = student_grid[int(torch.randint(0, len(student_grid), (1,), generator=g))]
         noise = batch.draw(torch.randn((len(batch.indices), *images.shape[1:]), generator=g))
-        a_t = _ab(scheduler, t, device)
+        a_t = alpha_bar(scheduler, t, device)
         z = a_t.sqrt() * x0 + (1 - a_t).sqrt() * noise
         eps_target, weight = targets(teacher, scheduler, z, t, teacher_steps, y, guidance_scale, max_weight)
         return (weight * (model(z, t, class_labels=y).sample - eps_target) ** 2).mean()

@@ -106,17 +106,18 @@ class NoisePredictor:
         return labels.expand(len(x)) if labels.numel() == 1 else labels
 
     def __call__(self, x: torch.Tensor, t) -> torch.Tensor:
+        t2 = torch.cat([t, t]) if isinstance(t, torch.Tensor) and t.ndim == 1 and len(t) == len(x) > 1 else t
         if self.text is not None:
             cond, uncond = (e.expand(len(x), -1, -1) if e is not None else None for e in self.text)
             if self.guidance_scale == 1.0:
                 return self.unet(x, t, encoder_hidden_states=cond).sample
-            both = self.unet(torch.cat([x, x]), t, encoder_hidden_states=torch.cat([cond, uncond])).sample
+            both = self.unet(torch.cat([x, x]), t2, encoder_hidden_states=torch.cat([cond, uncond])).sample
         else:
             labels = self._labels(x)
             if labels is None or self.guidance_scale == 1.0:
                 return self.unet(x, t, class_labels=labels).sample
             null = torch.full_like(labels, null_label(self.unet))
-            both = self.unet(torch.cat([x, x]), t, class_labels=torch.cat([labels, null])).sample
+            both = self.unet(torch.cat([x, x]), t2, class_labels=torch.cat([labels, null])).sample
         cond_eps, free_eps = both.chunk(2)
         return free_eps + self.guidance_scale * (cond_eps - free_eps)
 
@@ -161,7 +162,65 @@ class ClassChannelsUNet(ModelMixin, ConfigMixin):
         return self.unet(torch.cat([sample, maps.to(sample.dtype)], dim=1), timestep, return_dict=return_dict)
 
 
-MODEL_CLASSES = {"ClassChannelsUNet": ClassChannelsUNet}
+class ClassDiT(ModelMixin, ConfigMixin):
+    """A transformer denoiser (DiT; Peebles and Xie 2023): the image is cut into patches, each patch
+    becomes a token, and transformer blocks whose LayerNorms are shifted, scaled and gated by an
+    embedding of the time and the class (adaLN-Zero, gates starting at zero so each block starts as
+    the identity) predict the noise; diffusers' `DiTTransformer2DModel` inside.
+
+    It behaves like a class-conditional diffusers UNet (`model(x, t, class_labels=y).sample`,
+    `config.num_class_embeds` with the last label meaning 'no class') and saves and loads like one.
+    The inner model's own random label dropout is switched off: coursekit's training drops labels
+    from its seeded generators, so runs resume exactly.
+    """
+
+    @register_to_config
+    def __init__(self, sample_size: int = 16, in_channels: int = 1, num_class_embeds: int = 11, patch_size: int = 2,
+                 width: int = 128, depth: int = 4, heads: int = 4):
+        from diffusers import DiTTransformer2DModel
+        from diffusers.models.embeddings import LabelEmbedding
+
+        super().__init__()
+        if width % heads:
+            raise ModelError(f"width ({width}) must be a multiple of heads ({heads})")
+        if sample_size % patch_size:
+            raise ModelError(f"sample_size ({sample_size}) must be a multiple of patch_size ({patch_size})")
+        self.dit = DiTTransformer2DModel(num_attention_heads=heads, attention_head_dim=width // heads,
+                                         in_channels=in_channels, out_channels=in_channels, num_layers=depth,
+                                         sample_size=sample_size, patch_size=patch_size,
+                                         num_embeds_ada_norm=num_class_embeds - 1)
+        for m in self.dit.modules():
+            if isinstance(m, LabelEmbedding):
+                m.dropout_prob = 0.0
+
+    def forward(self, sample, timestep, class_labels=None, return_dict: bool = True):
+        if class_labels is None:
+            raise ModelError("ClassDiT needs class_labels (use the last label for 'no class')")
+        t = torch.as_tensor(timestep, device=sample.device)
+        t = t.reshape(1).expand(len(sample)) if t.numel() == 1 else t
+        return self.dit(sample, timestep=t, class_labels=class_labels, return_dict=return_dict)
+
+
+MODEL_CLASSES = {"ClassChannelsUNet": ClassChannelsUNet, "ClassDiT": ClassDiT}
+
+
+class BlurSchedule(ConfigMixin):
+    """The corruption schedule of a cold-diffusion model (`coursekit.cold`): `levels` blur levels
+    whose width rises linearly to `sigma_max` pixels; generation starts from a flat patch at
+    `start_mean` (the training images' mean, what full blur leaves) plus noise of std `start_noise`.
+    Saved as a model folder's scheduler_config.json, so `load_model` returns it in the scheduler's place."""
+
+    config_name = "scheduler_config.json"
+
+    @register_to_config
+    def __init__(self, levels: int = 16, sigma_max: float = 8.0, start_mean: float = 0.0, start_noise: float = 0.0):
+        pass
+
+    def save_pretrained(self, folder) -> None:
+        self.save_config(folder)
+
+
+SCHEDULE_CLASSES = {"BlurSchedule": BlurSchedule}
 
 
 def model_class(name: str):
@@ -219,7 +278,10 @@ def load_model(name: str | os.PathLike, device="cpu"):
     sched_file = sched_dir / "scheduler_config.json"
     if not sched_file.exists():
         raise ModelError(f"{folder} has no scheduler_config.json (looked in scheduler/ and the top level)")
-    sched_cls = getattr(diffusers, json.loads(sched_file.read_text()).get("_class_name", "DDPMScheduler"))
+    sched_name = json.loads(sched_file.read_text()).get("_class_name", "DDPMScheduler")
+    sched_cls = SCHEDULE_CLASSES.get(sched_name) or getattr(diffusers, sched_name)
+    if sched_cls is BlurSchedule:
+        return unet, BlurSchedule.from_config(BlurSchedule.load_config(sched_dir))
     return unet, sched_cls.from_pretrained(sched_dir)
 
 

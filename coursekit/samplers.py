@@ -70,6 +70,7 @@ def sample(model, scheduler, x: torch.Tensor, *, steps: int = 25, labels=None,
     from tqdm.auto import tqdm
 
     predictor = as_predictor(model, x, labels=labels, guidance_scale=guidance_scale)
+    check_noise_schedule(scheduler)
     check_steps(steps, scheduler)
     scheduler.set_timesteps(steps)
     if "generator" in inspect.signature(scheduler.step).parameters:
@@ -114,6 +115,7 @@ def spaced(cls, scheduler, **extra):
     """
     import diffusers
 
+    check_noise_schedule(scheduler)
     settings = {"timestep_spacing": "trailing"}
     clip = bool(scheduler.config.get("clip_sample", False))
     if issubclass(cls, diffusers.DPMSolverMultistepScheduler) and clip:
@@ -125,6 +127,22 @@ def spaced(cls, scheduler, **extra):
         else:
             settings["timestep_spacing"] = "leading"
     return cls.from_config(scheduler.config, **{**settings, **extra})
+
+
+OTHER_OBJECTIVES = {"FlowMatchEulerDiscreteScheduler": "flow matching: sample it with coursekit.flow.euler",
+                    "EDMEulerScheduler": "EDM: sample it with coursekit.edm.heun",
+                    "LCMScheduler": "consistency: sample it with coursekit.consistency.sample",
+                    "BlurSchedule": "cold diffusion (blur restoration): sample it with coursekit.cold.sample"}
+
+
+def check_noise_schedule(scheduler) -> None:
+    """Refuse the scheduler of a model trained for another objective than noise prediction on a
+    DDPM noise schedule: DDIM and the others would run on the wrong schedule without an error."""
+    name = type(scheduler).__name__
+    kind = OTHER_OBJECTIVES.get(name) or OTHER_OBJECTIVES.get(scheduler.config.get("_class_name", ""))
+    if kind:
+        raise SamplerError(f"this model comes with a {name}, so it was trained for {kind} (coursekit.zoo.draw "
+                           "picks the right sampler for a zoo model)")
 
 
 def check_steps(steps, scheduler) -> int:

@@ -346,19 +346,9 @@ def fit(model, loss_fn, n: int, *, steps: int, batch_size: int, lr: float, warmu
     return TrainResult(unet=trained, losses=losses, ema_unet=ema_model, seconds=time.perf_counter() - began)
 
 
-def train(unet, scheduler, images: torch.Tensor, labels: torch.Tensor | None = None, *,
-          steps: int, batch_size: int = 64, lr: float = 1e-3, warmup: int = 50,
-          grad_accum: int = 1, p_uncond: float = 0.0, ema_decay: float | None = None,
-          seed: int = 0, out_dir: str | os.PathLike | None = None, checkpoint_every: int | None = None,
-          checkpoint_minutes: float = 2.0, run: dict | None = None, overwrite: bool = False,
-          callback=None, every: int = 100, progress: bool = True) -> TrainResult:
-    """Train `unet` to predict the noise added to `images` (N, C, H, W in [-1, 1]), with `fit`.
-
-    labels: class labels for a class-conditional UNet; with p_uncond > 0 each is replaced by
-    the 'no class' label with that probability, which is what classifier-free guidance needs.
-    batch_size is per process and per micro-batch; the other keywords are `fit`'s (`run` describes
-    the model and data for the run folder's record).
-    """
+def check_training_data(unet, images: torch.Tensor, labels: torch.Tensor | None, p_uncond: float = 0.0) -> int | None:
+    """Refuse images and labels a UNet cannot be trained on, with what to do; returns its 'no class'
+    label (None for an unconditional UNet)."""
     from .models import null_label
 
     if images.ndim != 4 or images.shape[1] != unet.config.in_channels:
@@ -386,6 +376,23 @@ def train(unet, scheduler, images: torch.Tensor, labels: torch.Tensor | None = N
             raise SettingsError(f"labels must lie in 0..{null - 1} for this UNet, got {labels.min()}..{labels.max()}")
     if not 0.0 <= p_uncond < 1.0:
         raise SettingsError(f"p_uncond is a probability in [0, 1) (0.1 to 0.2 is usual), got {p_uncond}")
+    return null
+
+
+def train(unet, scheduler, images: torch.Tensor, labels: torch.Tensor | None = None, *,
+          steps: int, batch_size: int = 64, lr: float = 1e-3, warmup: int = 50,
+          grad_accum: int = 1, p_uncond: float = 0.0, ema_decay: float | None = None,
+          seed: int = 0, out_dir: str | os.PathLike | None = None, checkpoint_every: int | None = None,
+          checkpoint_minutes: float = 2.0, run: dict | None = None, overwrite: bool = False,
+          callback=None, every: int = 100, progress: bool = True) -> TrainResult:
+    """Train `unet` to predict the noise added to `images` (N, C, H, W in [-1, 1]), with `fit`.
+
+    labels: class labels for a class-conditional UNet; with p_uncond > 0 each is replaced by
+    the 'no class' label with that probability, which is what classifier-free guidance needs.
+    batch_size is per process and per micro-batch; the other keywords are `fit`'s (`run` describes
+    the model and data for the run folder's record).
+    """
+    null = check_training_data(unet, images, labels, p_uncond)
 
     def noise_prediction_loss(model, batch: Batch):
         x_t, t, eps = noisy_batch(scheduler, images[batch.indices], batch.generator)

@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from .models import CHECKPOINTS as ZOO_DIR
-from .models import ClassChannelsUNet, load_model, save_model
+from .models import ClassChannelsUNet, ClassDiT, load_model, save_model
 
 
 class ZooError(ValueError):
@@ -50,6 +50,7 @@ class Recipe:
     num_classes: int | None = None
     audio_preset: str | None = None
     genre: str | None = None
+    objective: str = "epsilon"
     extra: dict = field(default_factory=dict)
 
     @property
@@ -99,6 +100,51 @@ RECIPES = {
                     "Bach chorales rendered on an organ-like timbre; the starting point for fine-tuning on fiddle reels.",
         dataset="music", size=64, channels=1, unet=_DIGITS_UNET, steps=800, batch_size=32, lr=1e-3,
         audio_preset="small", genre="chorale",
+    ),
+    "digits-flow": Recipe(
+        description="Class-conditional 16x16 digits by flow matching (Lipman et al. 2023): the same UNet, data, "
+                    "steps and label dropout as digits-cond, trained to predict the velocity noise - x0 on the "
+                    "straight path between them; sampled with Euler steps (coursekit.flow).",
+        dataset="digits", size=16, channels=1, unet=_DIGITS_UNET, num_classes=10, objective="flow",
+        steps=1500, p_uncond=0.15, eval_guidance=1.5, eval_steps=8,
+    ),
+    "digits-flow-reflow": Recipe(
+        description="digits-flow after one reflow round (Liu et al. 2023): fine-tuned from digits-flow on 4,000 "
+                    "(noise, sample) pairs that digits-flow drew with 32 guided Euler steps, so each noise has one "
+                    "straight path to its digit; the guidance is learned into the pairs, so it samples without it.",
+        dataset="digits", size=16, channels=1, unet=_DIGITS_UNET, num_classes=10, objective="flow",
+        steps=600, lr=5e-4, warmup=20, p_uncond=0.0, eval_guidance=1.0, eval_steps=2,
+        extra={"teacher": "digits-flow", "pairs": 4000, "pair_steps": 32, "pair_guidance": 1.5},
+    ),
+    "digits-edm": Recipe(
+        description="Class-conditional 16x16 digits with Karras et al.'s EDM: the same UNet, data, steps and label "
+                    "dropout as digits-cond, with EDM's preconditioning, log-normal noise levels and loss weight; "
+                    "sampled with their Heun sampler (coursekit.edm).",
+        dataset="digits", size=16, channels=1, unet=_DIGITS_UNET, num_classes=10, objective="edm",
+        steps=1500, p_uncond=0.15, eval_guidance=1.5, eval_steps=13,
+    ),
+    "digits-dit": Recipe(
+        description="Class-conditional 16x16 digits with a transformer denoiser (DiT, Peebles and Xie 2023: 2x2 "
+                    "patches as 64 tokens, adaLN-Zero conditioning on time and class) of about the UNet's parameter "
+                    "count, trained like digits-cond (same data, steps, noise schedule and label dropout).",
+        dataset="digits", size=16, channels=1, unet=dict(patch_size=2, width=112, depth=4, heads=4), num_classes=10,
+        conditioning="adaln", steps=1500, lr=1e-3, p_uncond=0.15, eval_guidance=1.5,
+    ),
+    "digits-cold": Recipe(
+        description="Class-conditional 16x16 digits by cold diffusion (Bansal et al. 2022): no noise, a Gaussian "
+                    "blur growing over 16 levels to 8 pixels, and the same UNet trained to restore the image "
+                    "(L1); generated from a flat patch at the training images' mean (coursekit.cold).",
+        dataset="digits", size=16, channels=1, unet=_DIGITS_UNET, num_classes=10, objective="cold",
+        steps=1500, p_uncond=0.15, eval_guidance=1.5, eval_steps=16,
+        extra={"levels": 16, "sigma_max": 8.0, "start_noise": 0.0},
+    ),
+    "digits-consistency": Recipe(
+        description="A consistency model distilled from digits-cond (Song et al. 2023): starts from digits-cond's "
+                    "weights and learns to map any point of a 32-step guided DDIM trajectory to its end, so it "
+                    "samples in 1, 2 or 4 steps (coursekit.consistency); guidance 1.5 is distilled in.",
+        dataset="digits", size=16, channels=1, unet=_DIGITS_UNET, num_classes=10, objective="consistency",
+        steps=600, batch_size=64, lr=1e-4, warmup=0, ema_decay=None, eval_guidance=1.0, eval_steps=2,
+        extra={"teacher": "digits-cond", "grid_steps": 32, "teacher_guidance": 1.5},
     ),
 }
 
@@ -175,7 +221,10 @@ def build(recipe: Recipe):
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(recipe.seed)
-        if recipe.conditioning == "channels":
+        if recipe.conditioning == "adaln":
+            unet = ClassDiT(sample_size=recipe.size, in_channels=recipe.channels,
+                            num_class_embeds=recipe.num_classes + 1, **recipe.unet)
+        elif recipe.conditioning == "channels":
             unet = ClassChannelsUNet(sample_size=recipe.size, in_channels=recipe.channels,
                                      num_class_embeds=recipe.num_classes + 1, unet_config=dict(recipe.unet))
         else:
@@ -183,6 +232,22 @@ def build(recipe: Recipe):
             size = recipe.size if not recipe.audio_preset else recipe.shape
             unet = UNet2DModel(sample_size=size, in_channels=recipe.channels,
                                out_channels=recipe.channels, **recipe.unet, **extra)
+    if recipe.objective == "flow":
+        from . import flow
+
+        return unet, flow.scheduler()
+    if recipe.objective == "edm":
+        from . import edm
+
+        return unet, edm.scheduler()
+    if recipe.objective == "cold":
+        from .models import BlurSchedule
+
+        return unet, BlurSchedule(**recipe.extra)
+    if recipe.objective == "consistency":
+        from diffusers import LCMScheduler
+
+        return unet, LCMScheduler(num_train_timesteps=1000, beta_schedule=recipe.beta_schedule, clip_sample=False)
     scheduler = DDPMScheduler(num_train_timesteps=1000, beta_schedule=recipe.beta_schedule, timestep_spacing="trailing")
     return unet, scheduler
 
@@ -198,6 +263,84 @@ def training_images(recipe: Recipe):
         return images, None
     images, labels = data.tensors(data.load_dataset(recipe.dataset), recipe.size, recipe.channels)
     return images, labels if recipe.conditional else None
+
+
+def consistency_result(recipe: Recipe, images, labels, steps: int, work, progress: bool):
+    """Consistency distillation of the recipe's teacher, as a `coursekit.train.TrainResult`."""
+    from . import consistency
+    from .train import TrainResult
+
+    e = recipe.extra
+    teacher, scheduler = load_model(e["teacher"])
+    began = time.perf_counter()
+    student, losses = consistency.distill(teacher, scheduler, images, labels, grid_steps=e["grid_steps"],
+                                          guidance_scale=e["teacher_guidance"], steps=steps,
+                                          batch_size=recipe.batch_size, lr=recipe.lr, seed=recipe.seed,
+                                          progress=progress, out_dir=work)
+    return TrainResult(unet=student, losses=losses, seconds=time.perf_counter() - began)
+
+
+def reflow_data(recipe: Recipe, progress: bool = True):
+    """(samples, their noises, labels, the teacher's UNet to start from) for a reflow recipe: the
+    teacher's guided Euler samples, an equal number per digit, each with the noise it came from."""
+    import torch
+
+    from . import flow
+
+    e = recipe.extra
+    teacher, _ = load_model(e["teacher"])
+    labels = torch.arange(10).repeat(e["pairs"] // 10)
+    z, x, y = flow.reflow_pairs(teacher, labels, len(labels), steps=e["pair_steps"], guidance_scale=e["pair_guidance"],
+                                generator=torch.Generator().manual_seed(recipe.seed), progress=progress)
+    return x, z, y, teacher.train().requires_grad_(True)
+
+
+OBJECTIVES = ("epsilon", "flow", "edm", "consistency", "cold")
+
+
+def draw(unet, scheduler, objective: str, x, *, steps: int, labels=None, guidance_scale: float = 1.0):
+    """Samples from the noise `x` with the sampler that fits the model's objective: DDIM (eta 0) for
+    noise prediction, Euler for flow matching, Heun on Karras' sigmas for EDM, multistep consistency
+    sampling (its fresh noise seeded with 0) for a consistency model."""
+    import torch
+
+    from . import samplers
+
+    if objective == "flow":
+        from . import flow
+
+        return flow.euler(unet, x, steps=steps, labels=labels, guidance_scale=guidance_scale)
+    if objective == "edm":
+        from . import edm
+
+        return edm.heun(unet, x, steps=steps, labels=labels, guidance_scale=guidance_scale)
+    if objective == "cold":
+        from . import cold
+
+        c = scheduler.config
+        start = torch.full_like(x, c.start_mean) + c.start_noise * x
+        return cold.sample(unet, start, levels=c.levels, sigma_max=c.sigma_max, steps=min(steps, c.levels), labels=labels,
+                           guidance_scale=guidance_scale)
+    if objective == "consistency":
+        from . import consistency
+
+        return consistency.sample(unet, scheduler, x, steps=steps, labels=labels, guidance_scale=guidance_scale,
+                                  generator=torch.Generator().manual_seed(0))
+    if objective != "epsilon":
+        raise ZooError(f"unknown objective {objective!r}; known: {', '.join(OBJECTIVES)}")
+    return samplers.ddim(unet, scheduler, x, steps=steps, labels=labels, guidance_scale=guidance_scale, progress=False)
+
+
+def sampler_name(objective: str, steps: int) -> str:
+    if objective == "flow":
+        return f"Euler (flow), {steps} steps"
+    if objective == "consistency":
+        return f"multistep consistency sampling, {steps} steps"
+    if objective == "cold":
+        return f"cold sampling (improved step), {steps} steps from the flat start"
+    if objective == "edm":
+        return f"Heun on Karras sigmas, {steps} steps ({2 * steps - 1} function evaluations)"
+    return f"DDIM, {steps} steps, eta 0"
 
 
 def evaluate(unet, scheduler, recipe: Recipe, per_class: int = 50, seed: int = 1) -> dict:
@@ -229,9 +372,9 @@ def evaluate(unet, scheduler, recipe: Recipe, per_class: int = 50, seed: int = 1
                 f"pixel_fd to {recipe.dataset}": round(metrics.pixel_fd(x, real), 3)}
     judge = metrics.digit_judge(recipe.size)
     labels = torch.arange(10).repeat_interleave(per_class) if recipe.conditional else None
-    x = samplers.ddim(unet, scheduler, samplers.noise(unet, n, g), steps=recipe.eval_steps,
-                      labels=labels, guidance_scale=recipe.eval_guidance, generator=g, progress=False)
-    out = {"samples": n, "sampler": f"DDIM, {recipe.eval_steps} steps, eta 0",
+    x = draw(unet, scheduler, recipe.objective, samplers.noise(unet, n, g), steps=recipe.eval_steps, labels=labels,
+             guidance_scale=recipe.eval_guidance)
+    out = {"samples": n, "sampler": sampler_name(recipe.objective, recipe.eval_steps),
            "judge_held_out_accuracy": round(judge.held_out_accuracy, 4),
            "fid_pca20": round(judge.fid(x), 3), "digit_confidence": round(judge.confidence(x), 4)}
     if recipe.conditional:
@@ -241,21 +384,54 @@ def evaluate(unet, scheduler, recipe: Recipe, per_class: int = 50, seed: int = 1
 
 
 def _card(name: str, recipe: Recipe, n_params: int, seconds: float, steps: int, quality: dict) -> str:
-    rows = "\n".join(f"| {k} | {v} |" for k, v in quality.items())
     sweep = (f" The guidance scale ({recipe.eval_guidance}) was chosen by sweeping it after training; "
-             "re-measure with `coursekit evaluate " + name + "`." if recipe.conditional else "")
+             "re-measure with `coursekit evaluate " + name + "`." if recipe.conditional and not recipe.extra else
+             " The teacher's guidance is built in, so it samples with guidance scale 1; re-measure with "
+             "`coursekit evaluate " + name + "`." if recipe.conditional else "")
     model = ("`coursekit.models.ClassChannelsUNet` (a diffusers `UNet2DModel` with the label as extra input "
-             "channels)" if recipe.conditioning == "channels" else "diffusers `UNet2DModel`")
+             "channels)" if recipe.conditioning == "channels" else
+             "`coursekit.models.ClassDiT` (diffusers' `DiTTransformer2DModel` with adaLN-Zero conditioning, "
+             f"{recipe.unet['depth']} blocks of width {recipe.unet['width']}, {recipe.unet['patch_size']}x"
+             f"{recipe.unet['patch_size']} patches)" if recipe.conditioning == "adaln" else "diffusers `UNet2DModel`")
     judged = ("Judged by `coursekit.metrics.digit_judge()`, a classifier fit on real digits only." if recipe.dataset == "digits"
               else "`coursekit.metrics.corpus_judge()`, a genre classifier fit on real slices only, and pixel FD to the "
                    "training spectrograms." if recipe.audio_preset
               else "`coursekit.metrics.pixel_fd` between samples and the training set (lower is closer).")
+    schedule = {"flow": "`FlowMatchEulerDiscreteScheduler` (no shift); the UNet predicts the velocity noise - x0 at "
+                        "time s, timestep input 1000 s",
+                "edm": "EDM preconditioning (`coursekit.edm`, sigma_data 0.5; the UNet is F, its timestep input "
+                       "c_noise = ln(sigma) / 4), trained at log-normal sigma (-1.2, 1.2) with EDM's loss weight; "
+                       "`EDMEulerScheduler` holds the constants",
+                "cold": f"no noise: {recipe.extra.get('levels')} blur levels to sigma {recipe.extra.get('sigma_max')} px "
+                        "(`coursekit.models.BlurSchedule` in the scheduler's place); the UNet predicts the clean image",
+                "consistency": "the teacher's noise schedule in an `LCMScheduler` (diffusers' multistep consistency "
+                               "sampler); the UNet keeps the epsilon parameterisation"}.get(
+        recipe.objective, f"`DDPMScheduler` with the `{recipe.beta_schedule}` schedule, 1000 training steps")
+    if recipe.objective == "consistency":
+        e = recipe.extra
+        data_line = (f"`coursekit.data.load_dataset({recipe.dataset!r})`, 16x16, noised on the {e['grid_steps']}-step "
+                     f"nested grid; targets from `{e['teacher']}` (one guided DDIM step, guidance "
+                     f"{e['teacher_guidance']}) and the student itself at the next grid point. The UNet starts from "
+                     f"`{e['teacher']}`'s weights.")
+        return _card_text(name, recipe, n_params, seconds, steps, quality, data_line, model, schedule, judged, sweep)
+    if recipe.extra.get("teacher"):
+        e = recipe.extra
+        data_line = (f"{e['pairs']:,} (noise, sample) pairs drawn by `{e['teacher']}` ({e['pair_steps']} Euler steps, "
+                     f"guidance {e['pair_guidance']}, {e['pairs'] // 10} per digit); the UNet starts from "
+                     f"`{e['teacher']}`'s weights.")
+        return _card_text(name, recipe, n_params, seconds, steps, quality, data_line, model, schedule, judged, sweep)
     height, width = recipe.shape
     data_line = (f"`coursekit.music.dataset_images(coursekit.data.load_dataset({recipe.dataset!r}), "
                  f"PRESETS[{recipe.audio_preset!r}], {recipe.genre!r})`: {height} mel rows x {width} frames, values in "
                  "[-1, 1]; the mel settings are in `mel_config.json`." if recipe.audio_preset else
                  f"`coursekit.data.load_dataset({recipe.dataset!r})`, {height}x{width}, {recipe.channels} channel(s), "
                  "values in [-1, 1].")
+    return _card_text(name, recipe, n_params, seconds, steps, quality, data_line, model, schedule, judged, sweep)
+
+
+def _card_text(name, recipe, n_params, seconds, steps, quality, data_line, model, schedule, judged, sweep) -> str:
+    rows = "\n".join(f"| {k} | {v} |" for k, v in quality.items())
+    lr_schedule = "falling linearly to 0" if recipe.objective == "consistency" else "cosine"
     return f"""---
 library_name: diffusers
 tags: [coursekit, diffusion, small-track]
@@ -265,8 +441,8 @@ tags: [coursekit, diffusion, small-track]
 {recipe.description}
 
 - **Data**: {data_line}
-- **Model**: {model}, {n_params:,} parameters; `DDPMScheduler` with the `{recipe.beta_schedule}` schedule, 1000 training steps.
-- **Recipe**: {steps} optimizer steps, batch {recipe.batch_size}, AdamW lr {recipe.lr} (cosine, {recipe.warmup} warm-up
+- **Model**: {model}, {n_params:,} parameters; {schedule}.
+- **Recipe**: {steps} optimizer steps, batch {recipe.batch_size}, AdamW lr {recipe.lr} ({lr_schedule}, {recipe.warmup} warm-up
   steps), EMA {recipe.ema_decay}, label dropout {recipe.p_uncond}, seed {recipe.seed}.
   Full recipe: `coursekit.zoo.RECIPES[{name!r}]`.
 - **Training time**: {seconds / 60:.1f} minutes on {platform.machine()} CPU, one torch thread.
@@ -361,12 +537,31 @@ def train_checkpoint(name: str, out: str | os.PathLike | None = None, steps: int
     unet, scheduler = build(recipe)
     images, labels = training_images(recipe)
     work = out.with_name(out.name + ".work")
+    settings = dict(steps=steps, batch_size=recipe.batch_size, lr=recipe.lr, warmup=min(recipe.warmup, steps // 2),
+                    ema_decay=recipe.ema_decay, p_uncond=recipe.p_uncond, seed=recipe.seed, out_dir=work,
+                    run={"recipe": name}, progress=progress)
     with torch_threads(threads):
-        result = training.train(unet, scheduler, images, labels,
-                                steps=steps, batch_size=recipe.batch_size, lr=recipe.lr,
-                                warmup=min(recipe.warmup, steps // 2), ema_decay=recipe.ema_decay,
-                                p_uncond=recipe.p_uncond, seed=recipe.seed, out_dir=work,
-                                run={"recipe": name}, progress=progress)
+        if recipe.objective == "consistency":
+            result = consistency_result(recipe, images, labels, steps, work, progress)
+        elif recipe.objective == "flow":
+            from . import flow
+
+            pairs = None
+            if recipe.extra.get("teacher"):
+                images, pairs, labels, unet = reflow_data(recipe, progress)
+            result = flow.train(unet, images, labels, pairs=pairs, **settings)
+        elif recipe.objective == "edm":
+            from . import edm
+
+            result = edm.train(unet, images, labels, **settings)
+        elif recipe.objective == "cold":
+            from . import cold
+
+            scheduler.register_to_config(start_mean=round(float(images.mean()), 4))
+            result = cold.train(unet, images, labels, levels=scheduler.config.levels,
+                                sigma_max=scheduler.config.sigma_max, **settings)
+        else:
+            result = training.train(unet, scheduler, images, labels, **settings)
         model = result.best
         save_model(model, scheduler, out)
         if recipe.audio_preset:

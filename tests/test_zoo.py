@@ -117,7 +117,13 @@ def test_shipped_conditional_model_draws_the_digit_asked_for():
 
 
 @pytest.mark.parametrize("name", sorted(zoo.RECIPES))
-def test_every_recipe_trains_for_a_few_steps(name, tmp_path):
+def test_every_recipe_trains_for_a_few_steps(name, tmp_path, monkeypatch):
+    import dataclasses
+
+    recipe = zoo.RECIPES[name]
+    if recipe.extra.get("pairs"):      # reflow: a few pairs, drawn in few steps
+        small = dataclasses.replace(recipe, extra={**recipe.extra, "pairs": 20, "pair_steps": 2}, batch_size=10)
+        monkeypatch.setitem(zoo.RECIPES, name, small)
     out = zoo.train_checkpoint(name, tmp_path / name, steps=3, evaluate_after=False, progress=False)
     unet, scheduler = models.load_model(out)
     built = zoo.build(zoo.RECIPES[name])[0]
@@ -204,3 +210,52 @@ def test_hub_pins_must_be_commits(monkeypatch, tmp_path):
     assert hub.revision("org/m") == "d" * 40
     with pytest.warns(UserWarning, match="no pinned revision"):
         assert hub.revision("org/other") == "main"
+
+
+def test_reflow_trains_on_the_teachers_own_noise_sample_pairs_starting_from_its_weights():
+    import dataclasses
+
+    from coursekit import flow
+
+    recipe = dataclasses.replace(zoo.RECIPES["digits-flow-reflow"],
+                                 extra={**zoo.RECIPES["digits-flow-reflow"].extra, "pairs": 20, "pair_steps": 2})
+    x, z, y, start = zoo.reflow_data(recipe, progress=False)
+    teacher, _ = models.load_model(recipe.extra["teacher"])
+    assert same_weights(start, teacher) and torch.equal(y, torch.arange(10).repeat(2))
+    again = flow.euler(teacher, z, steps=2, labels=y, guidance_scale=recipe.extra["pair_guidance"]).clamp(-1, 1)
+    torch.testing.assert_close(again, x)
+
+
+@pytest.mark.parametrize("objective", ["flow", "edm", "epsilon"])
+def test_draw_picks_the_sampler_of_the_objective(objective):
+    unet = tiny_unet(classes=2)
+    x = torch.randn(2, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    out = zoo.draw(unet, tiny_scheduler(), objective, x, steps=2, labels=[0, 1])
+    from coursekit import edm, flow
+
+    want = {"flow": lambda: flow.euler(unet, x, steps=2, labels=[0, 1]),
+            "edm": lambda: edm.heun(unet, x, steps=2, labels=[0, 1]),
+            "epsilon": lambda: samplers.ddim(unet, tiny_scheduler(), x, steps=2, labels=[0, 1], progress=False)}[objective]()
+    torch.testing.assert_close(out, want)
+    with pytest.raises(zoo.ZooError, match="unknown objective"):
+        zoo.draw(unet, tiny_scheduler(), "score", x, steps=2)
+
+
+def test_the_transformer_denoiser_behaves_like_a_class_conditional_unet(tmp_path):
+    unet, sched = zoo.build(zoo.RECIPES["digits-dit"])
+    n = sum(p.numel() for p in unet.parameters())
+    unet_params = sum(p.numel() for p in zoo.build(zoo.RECIPES["digits-cond"])[0].parameters())
+    assert abs(n / unet_params - 1) < 0.1, "the DiT is compared with a UNet of about its size"
+    assert models.null_label(unet) == 10
+    x = torch.randn(3, 1, 16, 16, generator=torch.Generator().manual_seed(0))
+    labels = torch.tensor([1, 2, 10])
+    unet.train()
+    with torch.no_grad():
+        a = unet(x, 500, class_labels=labels).sample
+        b = unet(x, torch.full((3,), 500), class_labels=labels).sample
+    torch.testing.assert_close(a, b)     # no hidden label dropout in training mode, timesteps broadcast
+    folder = models.save_model(unet.eval(), sched, tmp_path / "dit")
+    again, _ = models.load_model(folder)
+    assert type(again).__name__ == "ClassDiT" and same_weights(again, unet)
+    out = samplers.ddim(again, sched, x, steps=2, labels=[3, 4, 5], guidance_scale=1.5, progress=False)
+    assert out.shape == x.shape

@@ -183,7 +183,8 @@ def load_controlnet(name: str | os.PathLike, device: str = "cpu"):
         folder = Path(name)
     elif name.count("/") == 1 and not name.startswith((".", "/")):
         try:
-            folder = hub.fetch(name, "use the zoo's 'tiny-sd-controlnet' with 'tiny-sd'", **hub.model_files(name))
+            folder = hub.fetch(name, "use the small track (the zoo's 'tiny-sd-controlnet' with 'tiny-sd')",
+                               **hub.model_files(name))
         except hub.HubUnavailable as e:
             raise AdapterError(str(e)) from None
     else:

@@ -67,7 +67,7 @@ def load_pipeline(name: str | os.PathLike = TINY, device: str = "cpu", dtype=Non
                                 "pipe.save_pretrained(folder))")
     elif name.count("/") == 1 and not name.startswith((".", "/")):
         try:
-            folder = hub.fetch(name, f"use the zoo's {TINY!r}", allow_patterns=hub.SD_FILES)
+            folder = hub.fetch(name, f"use the small track (the zoo's {TINY!r})", allow_patterns=hub.SD_FILES)
         except hub.HubUnavailable as e:
             raise PipelineError(str(e)) from None
     else:

@@ -69,7 +69,7 @@ COMMANDS = [
     pytest.param(lambda t: ["doctor", str(t / "notes.txt")], {},
                  ["neither a notebook nor a folder", "pass notebooks (.ipynb)"], id="doctor-not-a-notebook"),
     pytest.param(lambda t: ["prefetch", "--unit", "9", "--units-dir", str(ROOT / "units")], {},
-                 ["unit9; units are unit1, unit2, unit4"], id="prefetch-unknown-unit"),
+                 ["unit9; units are unit1, unit2, unit3, unit4"], id="prefetch-unknown-unit"),
 ]
 
 

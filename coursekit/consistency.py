@@ -4,9 +4,9 @@ clean image, so one call draws a sample, and a few calls (noise again, map again
 
 Choices, in the course's terms:
 - The student keeps the teacher's epsilon parameterisation: f(x_t, t) is its estimate of x0,
-  (x_t - sqrt(1 - alpha-bar_t) eps) / sqrt(alpha-bar_t), on the nested grid of
-  `coursekit.distill` (t_k = k * 960 / N). At t = 0 alpha-bar is 1, so f(x, 0) = x exactly: the
-  boundary condition the paper enforces with c_skip and c_out holds by construction.
+  (x_t - sqrt(1 - alpha-bar_t) eps) / sqrt(alpha-bar_t), on progressive distillation's nested grid
+  (`coursekit.samplers.nested_grid`, t_k = k * 960 / N). At t = 0 alpha-bar is 1, so f(x, 0) = x
+  exactly: the boundary condition the paper enforces with c_skip and c_out holds by construction.
 - Each training step picks a grid point t_{n+1} per image, noises the image there, takes one
   guided DDIM step of the teacher to t_n, and asks the student's f at t_{n+1} to equal its own f
   at t_n (with no gradient through the target, as improved consistency training does instead of
@@ -22,9 +22,12 @@ import copy
 
 import torch
 
-from .distill import DistillError, alpha_bar, ddim_step, grid
 from .models import as_predictor, not_finite, null_label
-from .samplers import SamplerError
+from .samplers import SamplerError, alpha_bar, ddim_step, nested_grid
+
+
+class ConsistencyError(ValueError):
+    """Models or settings consistency distillation cannot use; the message says why."""
 
 
 def clean_estimate(eps: torch.Tensor, x: torch.Tensor, ab: torch.Tensor) -> torch.Tensor:
@@ -39,10 +42,10 @@ def distill(teacher, scheduler, images: torch.Tensor, labels: torch.Tensor | Non
     on the nested grid of `grid_steps` DDIM steps. Returns (student, losses)."""
     from . import train
 
-    ts = torch.tensor([*grid(grid_steps), 0]).flip(0)          # t_0 = 0 < t_1 < ... < t_N = 960
+    ts = torch.tensor([*nested_grid(grid_steps), 0]).flip(0)          # t_0 = 0 < t_1 < ... < t_N = 960
     null = null_label(teacher)
     if (labels is None) != (null is None):
-        raise DistillError("pass labels exactly when the teacher is class-conditional")
+        raise ConsistencyError("pass labels exactly when the teacher is class-conditional")
     student = copy.deepcopy(teacher).train().requires_grad_(True)
     teacher = teacher.eval().requires_grad_(False)
 
@@ -75,7 +78,7 @@ def sample(model, scheduler, x: torch.Tensor, *, steps: int = 1, labels=None, gu
     """Multistep consistency sampling from the noise `x` at t = 960: map to a clean image, noise it
     to the next grid point with fresh noise, map again; `steps` calls in all (1, 2, 4, ... 64)."""
     predictor = as_predictor(model, x, labels=labels, guidance_scale=guidance_scale)
-    ts = grid(steps)
+    ts = nested_grid(steps)
     for i, t in enumerate(ts):
         x0 = clean_estimate(predictor(x, t), x, alpha_bar(scheduler, t, x.device))
         if i + 1 < len(ts):

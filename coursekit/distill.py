@@ -36,9 +36,9 @@ from pathlib import Path
 import torch
 
 from .models import as_predictor, not_finite, null_label
-from .samplers import SamplerError
+from .samplers import NESTED_T_MAX, SamplerError, alpha_bar, ddim_step, nested_grid
 
-T_MAX = 960
+T_MAX = NESTED_T_MAX
 
 
 class DistillError(ValueError):
@@ -46,25 +46,11 @@ class DistillError(ValueError):
 
 
 def grid(steps: int) -> list[int]:
-    """The nested DDIM timesteps for `steps` steps, from T_MAX down: t_k = k * T_MAX / steps."""
-    if steps < 1 or T_MAX % steps:
-        raise DistillError(f"{steps} steps do not divide the grid ({T_MAX} training steps); use 1, 2, 4, ..., 64")
-    return [k * T_MAX // steps for k in range(steps, 0, -1)]
-
-
-def ddim_step(x, eps, ab_t, ab_next):
-    """x_next = sqrt(ab_next) x0_hat + sqrt(1 - ab_next) eps, x0_hat = (x - sqrt(1 - ab_t) eps) / sqrt(ab_t)."""
-    x0 = (x - (1 - ab_t).sqrt() * eps) / ab_t.sqrt()
-    return ab_next.sqrt() * x0 + (1 - ab_next).sqrt() * eps
-
-
-def alpha_bar(scheduler, t, device) -> torch.Tensor:
-    """alpha-bar at timestep `t` (an int or a tensor of them), with alpha-bar = 1 (the clean image)
-    at t <= 0, where the nested grid ends; a tensor `t` gives one value per image, shaped to broadcast."""
-    if isinstance(t, torch.Tensor) and t.ndim:
-        ab = scheduler.alphas_cumprod.to(device)[t.clamp(min=0).to(device)]
-        return torch.where(t.to(device) > 0, ab, torch.ones_like(ab)).reshape(-1, 1, 1, 1)
-    return torch.tensor(1.0, device=device) if int(t) <= 0 else scheduler.alphas_cumprod.to(device)[int(t)]
+    """The nested DDIM timesteps for `steps` steps, from T_MAX down (`coursekit.samplers.nested_grid`)."""
+    try:
+        return nested_grid(steps)
+    except SamplerError as e:
+        raise DistillError(str(e)) from None
 
 
 @torch.no_grad()

@@ -193,3 +193,31 @@ def scheduler_named(name: str, scheduler):
         raise SamplerError(f"unknown scheduler {name!r}; known: {', '.join(SCHEDULERS)}")
     cls, extra = SCHEDULERS[name]
     return spaced(getattr(diffusers, cls), scheduler, **extra)
+
+
+NESTED_T_MAX = 960
+
+
+def nested_grid(steps: int) -> list[int]:
+    """DDIM timesteps on the nested grid t_k = k * 960 / steps, from 960 down: halving the steps keeps
+    every other point. It stops at 960, where the cosine schedule still leaves some signal, and its
+    last step lands on the clean image (alpha-bar 1). Progressive distillation and consistency
+    distillation share it."""
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1 or NESTED_T_MAX % steps:
+        raise SamplerError(f"{steps} steps do not divide the grid ({NESTED_T_MAX} training steps); use 1, 2, 4, ..., 64")
+    return [k * NESTED_T_MAX // steps for k in range(steps, 0, -1)]
+
+
+def alpha_bar(scheduler, t, device) -> torch.Tensor:
+    """alpha-bar at timestep `t` (an int or a tensor of them), with alpha-bar = 1 (the clean image)
+    at t <= 0, where the nested grid ends; a tensor `t` gives one value per image, shaped to broadcast."""
+    if isinstance(t, torch.Tensor) and t.ndim:
+        ab = scheduler.alphas_cumprod.to(device)[t.clamp(min=0).to(device)]
+        return torch.where(t.to(device) > 0, ab, torch.ones_like(ab)).reshape(-1, 1, 1, 1)
+    return torch.tensor(1.0, device=device) if int(t) <= 0 else scheduler.alphas_cumprod.to(device)[int(t)]
+
+
+def ddim_step(x, eps, ab_t, ab_next):
+    """x_next = sqrt(ab_next) x0_hat + sqrt(1 - ab_next) eps, x0_hat = (x - sqrt(1 - ab_t) eps) / sqrt(ab_t)."""
+    x0 = (x - (1 - ab_t).sqrt() * eps) / ab_t.sqrt()
+    return ab_next.sqrt() * x0 + (1 - ab_next).sqrt() * eps

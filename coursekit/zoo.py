@@ -384,10 +384,12 @@ def evaluate(unet, scheduler, recipe: Recipe, per_class: int = 50, seed: int = 1
 
 
 def _card(name: str, recipe: Recipe, n_params: int, seconds: float, steps: int, quality: dict) -> str:
-    sweep = (f" The guidance scale ({recipe.eval_guidance}) was chosen by sweeping it after training; "
-             "re-measure with `coursekit evaluate " + name + "`." if recipe.conditional and not recipe.extra else
-             " The teacher's guidance is built in, so it samples with guidance scale 1; re-measure with "
-             "`coursekit evaluate " + name + "`." if recipe.conditional else "")
+    again = "; re-measure with `coursekit evaluate " + name + "`."
+    sweep = ("" if not recipe.conditional else
+             " The teacher's guidance is built in, so it samples with guidance scale 1" + again if recipe.extra.get("teacher")
+             else f" The guidance scale ({recipe.eval_guidance}) is digits-cond's, kept for a like-for-like comparison"
+             + again if recipe.objective != "epsilon" or recipe.conditioning == "adaln"
+             else f" The guidance scale ({recipe.eval_guidance}) was chosen by sweeping it after training" + again)
     model = ("`coursekit.models.ClassChannelsUNet` (a diffusers `UNet2DModel` with the label as extra input "
              "channels)" if recipe.conditioning == "channels" else
              "`coursekit.models.ClassDiT` (diffusers' `DiTTransformer2DModel` with adaLN-Zero conditioning, "

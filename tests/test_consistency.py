@@ -5,13 +5,13 @@ import warnings
 import pytest
 import torch
 
-from coursekit import consistency, distill
+from coursekit import consistency, samplers
 from tests.helpers import tiny_scheduler, tiny_unet
 
 
 def test_the_consistency_function_is_the_identity_at_t_0():
     x, eps = torch.randn(2, 1, 4, 4), torch.randn(2, 1, 4, 4)
-    ab = distill.alpha_bar(tiny_scheduler(), torch.tensor([0, 0]), "cpu")
+    ab = samplers.alpha_bar(tiny_scheduler(), torch.tensor([0, 0]), "cpu")
     torch.testing.assert_close(consistency.clean_estimate(eps, x, ab), x)
 
 
@@ -26,7 +26,7 @@ def test_sample_equals_diffusers_lcm_scheduler_on_the_same_grid(steps):
     lcm = LCMScheduler.from_config(sched.config, clip_sample=False)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        lcm.set_timesteps(timesteps=distill.grid(steps))
+        lcm.set_timesteps(timesteps=samplers.nested_grid(steps))
     g = torch.Generator().manual_seed(5)
     theirs = x
     with torch.no_grad():
@@ -45,7 +45,7 @@ def test_a_perfect_consistency_model_gives_the_same_image_from_any_point_of_its_
         config = type("C", (), {"in_channels": 1, "num_class_embeds": None})()
 
         def forward(self, x, t, class_labels=None):
-            ab = distill.alpha_bar(sched, t, x.device)
+            ab = samplers.alpha_bar(sched, t, x.device)
             return type("O", (), {"sample": (x - ab.sqrt() * target) / (1 - ab).sqrt()})()
 
     for steps in (1, 4):
@@ -61,5 +61,5 @@ def test_distillation_trains_the_student_and_leaves_the_teacher_alone():
                                           progress=False)
     assert len(losses) == 5 and all(torch.equal(a, b) for a, b in zip(before, teacher.parameters()))
     assert not all(torch.equal(a, b) for a, b in zip(student.parameters(), teacher.parameters()))
-    with pytest.raises(distill.DistillError, match="labels"):
+    with pytest.raises(consistency.ConsistencyError, match="labels"):
         consistency.distill(teacher, sched, images, None, grid_steps=4, steps=1, progress=False)

@@ -13,7 +13,7 @@ import pytest
 ROOT = Path(__file__).parent.parent
 MODULES = sorted(p.stem for p in (ROOT / "coursekit").glob("*.py") if p.stem != "__init__")
 # recipes, interactive tools and command lines: they may import anything below them, never the reverse
-HIGH_LEVEL = {"zoo", "distill", "consistency", "finetune", "widgets", "demo", "cli"}
+HIGH_LEVEL = {"zoo", "distill", "compare", "finetune", "widgets", "demo", "cli"}
 NOT_IMPORTED = "<used without an import>"
 
 

@@ -995,6 +995,12 @@ def unit4_faster_rows(units: Path) -> list[Row]:
                 "-", "small", note="small model; not estimated")]
 
 
+def unit4_new_rows(units: Path) -> list[Row]:
+    nb = units / "unit4" / "04_new_directions.ipynb"
+    return [Row(nb.relative_to(units.parent).as_posix(), "all cells (the zoo's 16x16 digit models on both tracks)",
+                "-", "small", note="small models; not estimated")]
+
+
 # ---- settings that fit --------------------------------------------------------------------------
 
 
@@ -1102,7 +1108,8 @@ def main(argv=None) -> int:
                              (lambda: unit3_lora_rows(units), ("model", "clip_model", "controlnet_model")),
                              (lambda: unit4_inversion_rows(units), ("model", "photo_model")),
                              (lambda: unit4_audio_rows(units, alts), ("model",)),
-                             (lambda: unit4_faster_rows(units), ("model",))):
+                             (lambda: unit4_faster_rows(units), ("model",)),
+                             (lambda: unit4_new_rows(units), ())):
         new = part()
         S = settings(units.parent / new[0].notebook)
         for r in new:

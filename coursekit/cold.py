@@ -104,14 +104,17 @@ def start(images: torch.Tensor, n: int, levels: int = LEVELS, sigma_max: float =
 
 @torch.no_grad()
 def sample(model, x: torch.Tensor, *, levels: int = LEVELS, sigma_max: float = SIGMA_MAX, steps: int | None = None,
-           labels=None, guidance_scale: float = 1.0, callback=None) -> torch.Tensor:
-    """Restore from the fully degraded `x` with the improved cold sampling step, visiting `steps`
-    of the levels (all of them by default), evenly spaced from T down to 0."""
+           start: int | None = None, labels=None, guidance_scale: float = 1.0, callback=None) -> torch.Tensor:
+    """Restore `x`, degraded to level `start` (T = `levels` by default), with the improved cold
+    sampling step, visiting `steps` of the levels (all of them by default) evenly spaced down to 0."""
     predictor = as_predictor(model, x, labels=labels, guidance_scale=guidance_scale)
-    steps = levels if steps is None else steps
-    if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= levels:
-        raise ColdError(f"steps must be a whole number from 1 to the levels ({levels}), got {steps!r}")
-    ts = torch.linspace(levels, 0, steps + 1).round().long().tolist()
+    top = levels if start is None else start
+    if isinstance(top, bool) or not isinstance(top, int) or not 1 <= top <= levels:
+        raise ColdError(f"start must be a level from 1 to {levels}, got {top!r}")
+    steps = top if steps is None else steps
+    if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= top:
+        raise ColdError(f"steps must be a whole number from 1 to the starting level ({top}), got {steps!r}")
+    ts = torch.linspace(top, 0, steps + 1).round().long().tolist()
     for i, (t, t_next) in enumerate(zip(ts[:-1], ts[1:])):
         x0 = predictor(x, timestep_input(t, levels).to(x.device))
         x = x - degrade(x0, t, levels, sigma_max) + degrade(x0, t_next, levels, sigma_max)

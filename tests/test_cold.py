@@ -75,3 +75,11 @@ def test_a_cold_model_keeps_its_schedule_in_its_folder_and_ddim_refuses_it(tmp_p
     assert type(again) is models.BlurSchedule and again.config.start_mean == -0.4 and again.config.levels == 4
     with pytest.raises(samplers.SamplerError, match="cold.sample"):
         samplers.ddim(unet, again, torch.randn(1, 1, 8, 8), steps=2, labels=[0])
+
+
+def test_restoring_from_an_intermediate_level_with_a_perfect_restorer_ends_on_the_image():
+    target = torch.rand(1, 1, 16, 16, generator=torch.Generator().manual_seed(3)) * 2 - 1
+    x = cold.degrade(target, 6)
+    torch.testing.assert_close(cold.sample(Exact(target), x, start=6, steps=3), target, atol=1e-5, rtol=0)
+    with pytest.raises(cold.ColdError, match="start"):
+        cold.sample(Exact(target), x, start=cold.LEVELS + 1)

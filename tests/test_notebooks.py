@@ -415,3 +415,61 @@ def test_notebook_lora_formula_is_pefts_layer(tiny_sd_pipe):
                                                    layer.lora_B["default"].weight, alpha=6, r=2), layer(h))
     finally:
         unet.delete_adapters("default")
+
+
+UNIT4_NEW = ROOT / "units" / "unit4" / "04_new_directions.ipynb"
+
+
+def test_new_directions_flow_matching_lines_are_coursekits():
+    from coursekit import flow
+    from tests.helpers import tiny_unet
+
+    names = tagged(UNIT4_NEW, "teach-flow")
+    unet = tiny_unet(classes=3)
+    g = torch.Generator().manual_seed(0)
+    x0, noise, s = torch.rand(4, 1, 8, 8, generator=g) * 2 - 1, torch.randn(4, 1, 8, 8, generator=g), torch.rand(4, generator=g)
+    y = torch.tensor([0, 1, 2, 0])
+    with torch.no_grad():
+        want = F.mse_loss(unet(flow.interpolate(x0, noise, s), s * flow.TRAIN_TIMESTEPS, class_labels=y).sample,
+                          flow.velocity(x0, noise))
+        torch.testing.assert_close(names["flow_matching_loss"](unet, x0, noise, s, y), want)
+        x, times = noise.clone(), flow.sigmas(4)
+        for a, b in zip(times[:-1], times[1:]):
+            x = names["euler_step"](x, unet(x, a * 1000, class_labels=y).sample, a, b)
+    torch.testing.assert_close(x, flow.euler(unet, noise, steps=4, labels=y))
+
+
+def test_new_directions_edm_preconditioning_is_coursekits():
+    from coursekit import edm
+
+    names = tagged(UNIT4_NEW, "teach-edm")
+    sigma = torch.logspace(-3, 2, 40)
+    for a, b in zip(names["preconditioning"](sigma), edm.preconditioning(sigma)):
+        torch.testing.assert_close(a, b)
+    torch.testing.assert_close(names["loss_weight"](sigma), edm.loss_weight(sigma))
+
+
+def test_new_directions_patch_embedding_is_the_dits():
+    from coursekit.models import ClassDiT
+
+    names = tagged(UNIT4_NEW, "teach-dit")
+    dit = ClassDiT(sample_size=8, width=32, depth=1, heads=2)
+    proj = dit.dit.pos_embed.proj
+    x = torch.randn(2, 1, 8, 8, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        torch.testing.assert_close(names["embed_patches"](x, proj.weight, proj.bias, 2), proj(x).flatten(2).transpose(1, 2))
+
+
+def test_new_directions_consistency_loop_is_coursekits():
+    from coursekit import consistency, samplers
+    from tests.helpers import tiny_scheduler, tiny_unet
+
+    names = tagged(UNIT4_NEW, "teach-consistency")
+    names["samplers"] = samplers
+    unet, sched = tiny_unet(classes=3), tiny_scheduler()
+    x = torch.randn(3, 1, 8, 8, generator=torch.Generator().manual_seed(2))
+    y = torch.tensor([0, 1, 2])
+    with torch.no_grad():
+        ours = names["consistency_sample"](unet, sched, x, 4, y, torch.Generator().manual_seed(3))
+    torch.testing.assert_close(ours, consistency.sample(unet, sched, x, steps=4, labels=y,
+                                                        generator=torch.Generator().manual_seed(3)), atol=1e-5, rtol=0)

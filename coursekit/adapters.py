@@ -35,17 +35,21 @@ def trainable_parameters(module: torch.nn.Module) -> int:
     return sum(p.numel() for p in module.parameters() if p.requires_grad)
 
 
-def add_lora(unet, rank: int = 4, alpha: float | None = None, targets=LORA_TARGETS, name: str = "default") -> int:
+def add_lora(unet, rank: int = 4, alpha: float | None = None, targets=LORA_TARGETS, name: str = "default",
+             seed: int = 0) -> int:
     """Freeze `unet` and add a LoRA adapter of rank `rank` to its attention projections (diffusers'
     `add_adapter` with a peft `LoraConfig`); returns the number of trainable parameters. B starts
-    at zero, so the model is unchanged until training moves it."""
+    at zero, so the model is unchanged until training moves it; A's random start is drawn from
+    `seed`, so the same call gives the same adapter whatever ran before it."""
     from peft import LoraConfig
 
     if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
         raise AdapterError(f"rank must be a whole number >= 1 (4 to 16 is usual), got {rank!r}")
     unet.requires_grad_(False)
-    unet.add_adapter(LoraConfig(r=rank, lora_alpha=alpha or rank, init_lora_weights="gaussian",
-                                target_modules=list(targets)), adapter_name=name)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        unet.add_adapter(LoraConfig(r=rank, lora_alpha=alpha or rank, init_lora_weights="gaussian",
+                                    target_modules=list(targets)), adapter_name=name)
     return trainable_parameters(unet)
 
 

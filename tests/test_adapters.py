@@ -153,3 +153,15 @@ def test_edge_agreement_is_one_for_the_same_edges_and_low_for_others():
     assert adapters.edge_agreement(x, edges) == 1.0
     assert adapters.edge_agreement(x, adapters.canny(shapes(4, seed=9))) < 0.6
     assert adapters.edge_agreement(-torch.ones(4, 3, 16, 16), edges) == 0.0
+
+
+def test_the_same_lora_call_gives_the_same_adapter_whatever_ran_before(pipe):
+    import copy
+
+    other = copy.deepcopy(pipe.unet)
+    adapters.add_lora(pipe.unet, rank=2)
+    torch.rand(1000)
+    adapters.add_lora(other, rank=2)
+    a = {k: v for k, v in pipe.unet.state_dict().items() if "lora" in k}
+    b = {k: v for k, v in other.state_dict().items() if "lora" in k}
+    assert a and all(torch.equal(a[k], b[k]) for k in a)

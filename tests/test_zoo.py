@@ -20,7 +20,9 @@ def test_every_zoo_checkpoint_ships_with_a_model_card(name):
     assert f"coursekit train {name}" in card
     assert "## Measured quality" in card
     r = zoo.RECIPES[name]
-    if r.dataset == "digits":
+    if r.objective == "cold":     # every sample of a digit is the same image: the FD is large by design (Unit 4)
+        assert recipe["quality"]["conditional_accuracy"] >= 0.5 and recipe["quality"]["fid_pca20"] < 1000
+    elif r.dataset == "digits":
         assert "judge_held_out_accuracy" in card and 0 < recipe["quality"]["fid_pca20"] < 50, "uniform noise scores about 1000"
     elif r.audio_preset:
         from coursekit import audio

@@ -528,87 +528,69 @@ def controlnet_agreement_gain(n: int = 100) -> dict:
             "setting": f"tiny-sd with tiny-sd-controlnet, Canny edges of {n} training images, {q['sampler']}"}
 
 
-def _new_directions(per_class: int, seed: int = 10):
-    from coursekit import metrics
+def _compared(nfes, methods, per_class: int, seed: int = 10) -> dict:
+    """{(method, calls): (accuracy, FD, pixel FD at 16x16)} from `coursekit.compare`, the function
+    Unit 4's table comes from, on the same labels and noise for every method."""
+    from coursekit import compare
 
-    judge = metrics.digit_judge(16)
-    labels = torch.arange(10).repeat_interleave(per_class)
-    real, _ = zoo.training_images(zoo.RECIPES["digits-cond"])
+    rows = compare.compare(nfes, per_class=per_class, methods=methods, seed=seed, progress=False)
+    return {(m, n): (acc, fd, pfd) for m, n, _, acc, fd, pfd in rows}
 
-    def run(name: str, steps: int) -> dict:
-        unet, scheduler = models.load_model(name)
-        recipe = zoo.RECIPES[name]
-        noise = samplers.noise(unet, len(labels), torch.Generator().manual_seed(seed))
-        x = zoo.draw(unet, scheduler, recipe.objective, noise, steps=steps, labels=labels,
-                     guidance_scale=recipe.eval_guidance)
-        return {"accuracy": judge.accuracy(x, labels), "fd_pca20": judge.fid(x),
-                "pixel_fd_16": metrics.pixel_fd(x, real, size=16), "sampler": zoo.sampler_name(recipe.objective, steps),
-                "guidance": recipe.eval_guidance}
 
-    return run
+def _sampler(name: str, steps: int) -> str:
+    recipe = zoo.RECIPES[name]
+    return f"{zoo.sampler_name(recipe.objective, steps)} (w {recipe.eval_guidance})"
 
 
 def flow_vs_ddim_4step(per_class: int = 50) -> dict:
     """digits-flow with 4 Euler steps against digits-cond with 4 DDIM steps (same UNet, data and
     training steps; each at its card's guidance scale), on the same noise and labels."""
-    run = _new_directions(per_class)
-    flow, ddim = run("digits-flow", 4), run("digits-cond", 4)
-    value = flow["accuracy"] / ddim["accuracy"]
+    r = _compared((4,), ["flow matching", "DDIM"], per_class)
+    flow, ddim = r["flow matching", 4], r["DDIM", 4]
+    value = flow[0] / ddim[0]
     return {"value": value, "target": ">= 1", "unit": "ratio", "met": value >= 1,
-            "flow_accuracy": flow["accuracy"], "ddim_accuracy": ddim["accuracy"],
-            "flow_fd": flow["fd_pca20"], "ddim_fd": ddim["fd_pca20"],
-            "flow_pixel_fd_16": flow["pixel_fd_16"], "ddim_pixel_fd_16": ddim["pixel_fd_16"],
-            "setting": f"{10 * per_class} samples; {flow['sampler']} (w {flow['guidance']}) vs {ddim['sampler']} "
-                       f"(w {ddim['guidance']})"}
+            "flow_accuracy": flow[0], "ddim_accuracy": ddim[0], "flow_fd": flow[1], "ddim_fd": ddim[1],
+            "flow_pixel_fd_16": flow[2], "ddim_pixel_fd_16": ddim[2],
+            "setting": f"{10 * per_class} samples; {_sampler('digits-flow', 4)} vs {_sampler('digits-cond', 4)}"}
 
 
 def edm_vs_eps_fd(per_class: int = 50) -> dict:
     """FD to real digits of digits-edm (Heun, 13 steps = 25 network calls) over digits-cond's (DDIM,
     25 steps), trained for the same steps on the same data; below 1 means EDM is closer."""
-    run = _new_directions(per_class)
-    edm, eps = run("digits-edm", 13), run("digits-cond", 25)
-    value = edm["fd_pca20"] / eps["fd_pca20"]
+    r = _compared((25,), ["EDM (Heun)", "DDIM"], per_class)
+    edm, eps = r["EDM (Heun)", 25], r["DDIM", 25]
+    value = edm[1] / eps[1]
     return {"value": value, "target": "< 1", "unit": "ratio", "met": value < 1,
-            "edm_fd": edm["fd_pca20"], "eps_fd": eps["fd_pca20"], "edm_pixel_fd_16": edm["pixel_fd_16"],
-            "eps_pixel_fd_16": eps["pixel_fd_16"], "edm_accuracy": edm["accuracy"], "eps_accuracy": eps["accuracy"],
-            "setting": f"{10 * per_class} samples, 25 network calls each; {edm['sampler']} vs {eps['sampler']}"}
+            "edm_fd": edm[1], "eps_fd": eps[1], "edm_pixel_fd_16": edm[2], "eps_pixel_fd_16": eps[2],
+            "edm_accuracy": edm[0], "eps_accuracy": eps[0],
+            "setting": f"{10 * per_class} samples, 25 network calls each; {_sampler('digits-edm', 13)} vs "
+                       f"{_sampler('digits-cond', 25)}"}
 
 
 def consistency_2step_accuracy(per_class: int = 50) -> dict:
-    """digits-consistency in 2 steps, against digits-cond's 4-step progressive-distillation student
-    and digits-cond itself with 2 DDIM steps, on the same labels."""
-    from coursekit import distill, metrics
-
-    run = _new_directions(per_class)
-    cm = run("digits-consistency", 2)
-    one, four = run("digits-consistency", 1), run("digits-consistency", 4)
-    ddim2 = run("digits-cond", 2)
-    judge = metrics.digit_judge(16)
-    labels = torch.arange(10).repeat_interleave(per_class)
-    student, s_sched = distill.load_student("digits-cond", 2)
-    noise = samplers.noise(student, len(labels), torch.Generator().manual_seed(10))
-    pd2 = distill.sample_on_grid(student, s_sched, noise, steps=2, labels=labels, progress=False)
-    value = cm["accuracy"]
+    """digits-consistency in 2 steps (1 and 4 beside it), against digits-cond's 2-step progressive-
+    distillation student and digits-cond itself with 2 DDIM steps, on the same labels and noise."""
+    r = _compared((1, 2, 4), ["consistency", "progressive students", "DDIM"], per_class)
+    value = r["consistency", 2][0]
     return {"value": value, "target": ">= 0.9", "unit": "share", "met": value >= 0.9,
-            "consistency_1step": one["accuracy"], "consistency_4step": four["accuracy"],
-            "consistency_2step_fd": cm["fd_pca20"], "progressive_2step_accuracy": judge.accuracy(pd2, labels),
-            "progressive_2step_fd": judge.fid(pd2), "ddim_2step_accuracy": ddim2["accuracy"],
-            "setting": f"{10 * per_class} samples; {cm['sampler']}"}
+            "consistency_1step": r["consistency", 1][0], "consistency_4step": r["consistency", 4][0],
+            "consistency_2step_fd": r["consistency", 2][1], "progressive_2step_accuracy": r["progressive students", 2][0],
+            "progressive_2step_fd": r["progressive students", 2][1], "ddim_2step_accuracy": r["DDIM", 2][0],
+            "setting": f"{10 * per_class} samples; {_sampler('digits-consistency', 2)}"}
 
 
 def dit_vs_unet_fd(per_class: int = 50) -> dict:
     """FD to real digits of digits-dit (a DiT of about the UNet's parameter count) over digits-cond's,
     both DDIM 25 steps at their guidance scale, trained for the same steps on the same data."""
-    run = _new_directions(per_class)
-    dit, unet = run("digits-dit", 25), run("digits-cond", 25)
+    r = _compared((25,), ["DiT (DDIM)", "DDIM"], per_class)
+    dit, unet = r["DiT (DDIM)", 25], r["DDIM", 25]
     n_dit = sum(p.numel() for p in models.load_model("digits-dit")[0].parameters())
     n_unet = sum(p.numel() for p in models.load_model("digits-cond")[0].parameters())
-    value = dit["fd_pca20"] / unet["fd_pca20"]
+    value = dit[1] / unet[1]
     return {"value": value, "target": "report", "unit": "ratio", "met": True,
-            "dit_fd": dit["fd_pca20"], "unet_fd": unet["fd_pca20"], "dit_accuracy": dit["accuracy"],
-            "unet_accuracy": unet["accuracy"], "dit_pixel_fd_16": dit["pixel_fd_16"],
-            "unet_pixel_fd_16": unet["pixel_fd_16"], "dit_parameters": n_dit, "unet_parameters": n_unet,
-            "setting": f"{10 * per_class} samples; {dit['sampler']}"}
+            "dit_fd": dit[1], "unet_fd": unet[1], "dit_accuracy": dit[0], "unet_accuracy": unet[0],
+            "dit_pixel_fd_16": dit[2], "unet_pixel_fd_16": unet[2], "dit_parameters": n_dit, "unet_parameters": n_unet,
+            "setting": f"{10 * per_class} samples; {_sampler('digits-dit', 25)}"}
 
 
 UNIT4_NEW = "unit4/04_new_directions.ipynb"

@@ -409,29 +409,24 @@ def _card(name: str, recipe: Recipe, n_params: int, seconds: float, steps: int, 
                 "consistency": "the teacher's noise schedule in an `LCMScheduler` (diffusers' multistep consistency "
                                "sampler); the UNet keeps the epsilon parameterisation"}.get(
         recipe.objective, f"`DDPMScheduler` with the `{recipe.beta_schedule}` schedule, 1000 training steps")
+    e = recipe.extra
+    height, width = recipe.shape
     if recipe.objective == "consistency":
-        e = recipe.extra
         data_line = (f"`coursekit.data.load_dataset({recipe.dataset!r})`, 16x16, noised on the {e['grid_steps']}-step "
                      f"nested grid; targets from `{e['teacher']}` (one guided DDIM step, guidance "
                      f"{e['teacher_guidance']}) and the student itself at the next grid point. The UNet starts from "
                      f"`{e['teacher']}`'s weights.")
-        return _card_text(name, recipe, n_params, seconds, steps, quality, data_line, model, schedule, judged, sweep)
-    if recipe.extra.get("teacher"):
-        e = recipe.extra
+    elif e.get("teacher"):
         data_line = (f"{e['pairs']:,} (noise, sample) pairs drawn by `{e['teacher']}` ({e['pair_steps']} Euler steps, "
                      f"guidance {e['pair_guidance']}, {e['pairs'] // 10} per digit); the UNet starts from "
                      f"`{e['teacher']}`'s weights.")
-        return _card_text(name, recipe, n_params, seconds, steps, quality, data_line, model, schedule, judged, sweep)
-    height, width = recipe.shape
-    data_line = (f"`coursekit.music.dataset_images(coursekit.data.load_dataset({recipe.dataset!r}), "
-                 f"PRESETS[{recipe.audio_preset!r}], {recipe.genre!r})`: {height} mel rows x {width} frames, values in "
-                 "[-1, 1]; the mel settings are in `mel_config.json`." if recipe.audio_preset else
-                 f"`coursekit.data.load_dataset({recipe.dataset!r})`, {height}x{width}, {recipe.channels} channel(s), "
-                 "values in [-1, 1].")
-    return _card_text(name, recipe, n_params, seconds, steps, quality, data_line, model, schedule, judged, sweep)
-
-
-def _card_text(name, recipe, n_params, seconds, steps, quality, data_line, model, schedule, judged, sweep) -> str:
+    elif recipe.audio_preset:
+        data_line = (f"`coursekit.music.dataset_images(coursekit.data.load_dataset({recipe.dataset!r}), "
+                     f"PRESETS[{recipe.audio_preset!r}], {recipe.genre!r})`: {height} mel rows x {width} frames, values "
+                     "in [-1, 1]; the mel settings are in `mel_config.json`.")
+    else:
+        data_line = (f"`coursekit.data.load_dataset({recipe.dataset!r})`, {height}x{width}, {recipe.channels} channel(s), "
+                     "values in [-1, 1].")
     rows = "\n".join(f"| {k} | {v} |" for k, v in quality.items())
     lr_schedule = "falling linearly to 0" if recipe.objective == "consistency" else "cosine"
     return f"""---

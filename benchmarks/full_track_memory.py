@@ -996,9 +996,33 @@ def unit4_faster_rows(units: Path) -> list[Row]:
 
 
 def unit4_new_rows(units: Path) -> list[Row]:
+    from coursekit.models import NoisePredictor
+
     nb = units / "unit4" / "04_new_directions.ipynb"
-    return [Row(nb.relative_to(units.parent).as_posix(), "all cells (the zoo's 16x16 digit models on both tracks)",
-                "-", "small", note="small models; not estimated")]
+    S = settings(nb)
+    name = nb.relative_to(units.parent).as_posix()
+    rows = [Row(name, "sections 1 to 6 (the zoo's 16x16 digit models on both tracks)", "-", "small",
+                note="small models; not estimated")]
+    unet, vae, text = sd_parts()
+    clip = clip_b32()
+    for mod in (unet, vae, text):
+        mod.eval().requires_grad_(False)
+    lora = 67_000_000 * 4       # LCM-LoRA for SD v1.5: rank 64 on LCM_TARGETS, about 67 M parameters
+    pipe = param_bytes(unet) + param_bytes(vae) + param_bytes(text) + param_bytes(clip) + lora
+    n = len(S["sd_prompts"]) * S["sd_per_prompt"]
+    cond = meta_randn(n, 77, 768)
+    m = infer_measure([unet], lambda: NoisePredictor(unet, text=(cond, cond), guidance_scale=S["sd_guidance"])(
+        meta_randn(n, 4, 64, 64), 500))
+    # DDIM 25 and 4 steps with CFG (two halves per step), then LCMScheduler 4 steps and LCM-LoRA 1 + 2 + 4, one half each
+    calls = [(25 + 4, 1.0), (4 + 1 + 2 + 4, 0.5)]
+    rows.append(fill(Row(name, f"section 7, SD v1.5 fp32 with LCM-LoRA: UNet, {n} images at once", f"{n} (x2 = {2 * n})",
+                         "infer", note="DDIM 25 and 4 steps with CFG, 11 LCM steps without; pipeline, adapter and CLIP resident"),
+                     m, used_models=[unet], resident=pipe - param_bytes(unet), calls=calls))
+    m = infer_measure([vae], lambda: vae.decode(meta_randn(n, 4, 64, 64)).sample)
+    rows.append(fill(Row(name, f"section 7, SD v1.5 fp32: VAE decode to 512x512, {n} at once", f"{n}", "infer",
+                         note=f"{6 * n} images decoded in all"),
+                     m, used_models=[vae], resident=pipe - param_bytes(vae), calls=[(6, 1.0)]))
+    return rows
 
 
 # ---- settings that fit --------------------------------------------------------------------------

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from .models import ModelError
 
 LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
+LORA_FILE = "pytorch_lora_weights.safetensors"
 CANNY_THRESHOLDS = (100, 200)
 
 
@@ -54,11 +55,12 @@ def add_lora(unet, rank: int = 4, alpha: float | None = None, targets=LORA_TARGE
 
 
 def lora_state_dict(unet, name: str = "default") -> dict:
-    """The adapter's weights in diffusers' naming, as `save_lora_weights` writes them."""
-    from diffusers.utils import convert_state_dict_to_diffusers
+    """The adapter's weights as peft names them (`<module>.lora_A.weight`, `<module>.lora_B.weight`),
+    which `load_lora_weights` reads for every kind of layer; diffusers' older naming covers only
+    attention projections, so an adapter on convolutions too would lose part of itself."""
     from peft.utils import get_peft_model_state_dict
 
-    return convert_state_dict_to_diffusers(get_peft_model_state_dict(unet, adapter_name=name))
+    return get_peft_model_state_dict(unet, adapter_name=name)
 
 
 def save_lora(pipe, folder: str | os.PathLike, name: str = "default") -> Path:
@@ -66,20 +68,49 @@ def save_lora(pipe, folder: str | os.PathLike, name: str = "default") -> Path:
     file `pipe.load_lora_weights(folder)` reads; returns the file's path."""
     folder = Path(folder)
     type(pipe).save_lora_weights(folder, unet_lora_layers=lora_state_dict(pipe.unet, name), safe_serialization=True)
-    return folder / "pytorch_lora_weights.safetensors"
+    return folder / LORA_FILE
+
+
+def lora_folder(name: str | os.PathLike) -> Path:
+    """The folder holding `pytorch_lora_weights.safetensors` for a zoo adapter name, a local folder, or a
+    Hub id (fetched at its pinned revision, that file only)."""
+    from . import hub
+    from .models import CHECKPOINTS
+
+    is_path = not isinstance(name, str) or name.startswith((".", "/", "~")) or os.path.isdir(name)
+    name = str(name)
+    if not is_path and (CHECKPOINTS / name / LORA_FILE).is_file():
+        return CHECKPOINTS / name
+    if is_path:
+        folder = Path(name).expanduser()
+        if not (folder / LORA_FILE).is_file():
+            raise AdapterError(f"no LoRA file at {folder / LORA_FILE}; write one with coursekit.adapters.save_lora(pipe, folder)")
+        return folder
+    if name.count("/") == 1 and not name.startswith((".", "/")):
+        try:
+            return hub.fetch(name, "use the small track (a zoo adapter for 'tiny-sd')", **hub.model_files(name))
+        except hub.HubUnavailable as e:
+            raise AdapterError(str(e)) from None
+    raise AdapterError(f"unknown LoRA {name!r}: give a zoo adapter ({', '.join(zoo_adapters()) or 'none shipped'}), a "
+                       f"folder holding {LORA_FILE} or a Hub id")
+
+
+def zoo_adapters() -> list[str]:
+    from .models import CHECKPOINTS
+
+    return sorted(p.parent.name for p in CHECKPOINTS.glob(f"*/{LORA_FILE}"))
 
 
 def load_lora(pipe, folder: str | os.PathLike, name: str = "default", scale: float = 1.0) -> None:
-    """Load a LoRA file written by `save_lora` (or any UNet-only LoRA in diffusers' format) into `pipe`
-    as adapter `name` at `scale`, by `pipe.load_lora_weights`, without its notice that the text
-    encoder has no LoRA keys."""
+    """Load a LoRA (a folder written by `save_lora`, a zoo adapter's name, or a Hub id such as
+    latent-consistency/lcm-lora-sdv1-5; diffusers' or kohya's key names) into `pipe` as adapter
+    `name` at `scale`, by `pipe.load_lora_weights`, without its notice that the text encoder has
+    no LoRA keys."""
     from .stable_diffusion import quiet_loading
 
-    file = Path(folder) / "pytorch_lora_weights.safetensors"
-    if not file.is_file():
-        raise AdapterError(f"no LoRA file at {file}; write one with coursekit.adapters.save_lora(pipe, folder)")
+    folder = lora_folder(folder)
     with quiet_loading():
-        pipe.load_lora_weights(str(folder), adapter_name=name)
+        pipe.load_lora_weights(str(folder), weight_name=LORA_FILE, adapter_name=name)
     pipe.set_adapters([name], adapter_weights=[scale])
 
 
@@ -95,23 +126,29 @@ def check_pairs(pipe, images, prompts) -> list[str]:
     return check_prompts(prompts, len(images))
 
 
+@torch.no_grad()
+def encode_pairs(pipe, images: torch.Tensor, prompts: list[str]):
+    """(latents, table, rows) for training on (image, prompt) pairs: the VAE latents of `images`, the
+    text embeddings of each distinct prompt, and which row of that table each image's prompt is."""
+    from .stable_diffusion import embed, encode
+
+    latents = torch.cat([encode(pipe, images[i:i + 256]) for i in range(0, len(images), 256)]).cpu()
+    unique = sorted(set(prompts))
+    return latents, embed(pipe, unique).cpu(), torch.tensor([unique.index(p) for p in prompts])
+
+
 def train_unet(pipe, images: torch.Tensor, prompts, *, steps: int, batch_size: int = 16, lr: float = 1e-3,
                seed: int = 0, out_dir=None, progress: bool = True, callback=None, every: int = 100):
     """Fine-tune the parameters of `pipe.unet` that require gradients (a LoRA adapter after
     `add_lora`, or all of them) with the noise-prediction objective on the VAE latents of `images`
     (N, 3, H, W in [-1, 1]) under `prompts`; the text encoder and VAE stay frozen. Returns `fit`'s result."""
-    from .stable_diffusion import embed, encode
     from .train import fit, noisy_batch
 
     prompts = check_pairs(pipe, images, prompts)
     if trainable_parameters(pipe.unet) == 0:
         raise AdapterError("nothing in the UNet requires gradients: add a LoRA adapter (adapters.add_lora) or call "
                            "pipe.unet.requires_grad_(True) for full fine-tuning")
-    with torch.no_grad():
-        latents = torch.cat([encode(pipe, images[i:i + 256]) for i in range(0, len(images), 256)]).cpu()
-        unique = sorted(set(prompts))
-        table = embed(pipe, unique).cpu()
-    rows = torch.tensor([unique.index(p) for p in prompts])
+    latents, table, rows = encode_pairs(pipe, images, prompts)
 
     def loss(unet, batch):
         z_t, t, eps = noisy_batch(pipe.scheduler, latents[batch.indices], batch.generator)
@@ -214,7 +251,7 @@ def train_controlnet(pipe, controlnet, images: torch.Tensor, prompts, conditions
     """Train `controlnet` (the pipeline's UNet, text encoder and VAE frozen) to make the UNet's noise
     estimate follow `conditions` (N, 3, H, W in [0, 1], image-sized); the prompt is dropped with
     probability `p_uncond`, as for the base model, so guidance still works."""
-    from .stable_diffusion import embed, encode
+    from .stable_diffusion import embed
     from .train import fit, noisy_batch
 
     prompts = check_pairs(pipe, images, prompts)
@@ -222,12 +259,9 @@ def train_controlnet(pipe, controlnet, images: torch.Tensor, prompts, conditions
         raise AdapterError(f"conditions must match the images' shape {tuple(images.shape)}, got {tuple(conditions.shape)}")
     pipe.unet.requires_grad_(False)
     pipe.text_encoder.requires_grad_(False)
-    with torch.no_grad():
-        latents = torch.cat([encode(pipe, images[i:i + 256]) for i in range(0, len(images), 256)]).cpu()
-        unique = sorted(set(prompts)) + [""]
-        table = embed(pipe, unique).cpu()
-    rows = torch.tensor([unique.index(p) for p in prompts])
-    empty = len(unique) - 1
+    latents, table, rows = encode_pairs(pipe, images, prompts)
+    table = torch.cat([table, embed(pipe, [""]).cpu()])
+    empty = len(table) - 1
     unet = pipe.unet
 
     def loss(model, batch):

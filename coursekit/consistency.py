@@ -15,12 +15,21 @@ Choices, in the course's terms:
 - The teacher's classifier-free guidance is distilled in, so the student samples with
   guidance_scale=1 and one UNet call per step. Multistep sampling is diffusers' `LCMScheduler`
   loop on the nested grid (`sample` is checked against it).
+
+Latent consistency (Luo et al. 2023, *Latent Consistency Models*; *LCM-LoRA*) is the same
+distillation on a text-to-image model's latents, learned as a LoRA adapter of its UNet, on the
+teacher's 50-step DDIM grid (t = 19, 39, ..., 999, each step skipping k = 20 timesteps) and with
+LCMScheduler's boundary scalings c_skip(t), c_out(t), so that diffusers' `LCMScheduler` samples
+the student as it was trained. `distill_lora` trains one for any Stable Diffusion pipeline;
+`lcm_text_to_image` samples a pipeline carrying one.
 """
 from __future__ import annotations
 
 import copy
 
 import torch
+
+import torch.nn.functional as F
 
 from .models import as_predictor, not_finite, null_label
 from .samplers import SamplerError, alpha_bar, ddim_step, nested_grid
@@ -91,3 +100,125 @@ def sample(model, scheduler, x: torch.Tensor, *, steps: int = 1, labels=None, gu
         if callback is not None:
             callback(i, {"t": t, "x": x, "x0": x0})
     return x
+
+
+# Latent consistency, as a LoRA (LCM-LoRA).
+
+# The layers an LCM-LoRA adapts, as diffusers' LCM-LoRA distillation script targets them: attention,
+# the transformer blocks' projections and feed-forward, and the convolutions and time projections of
+# the residual blocks (an attention-only adapter cannot change how a step treats the noise level).
+LCM_TARGETS = ("to_q", "to_k", "to_v", "to_out.0", "proj_in", "proj_out", "ff.net.0.proj", "ff.net.2", "conv1",
+               "conv2", "conv_shortcut", "downsamplers.0.conv", "upsamplers.0.conv", "time_emb_proj")
+
+
+def lcm_grid(num_train_timesteps: int = 1000, original_steps: int = 50) -> torch.Tensor:
+    """The teacher's DDIM timesteps a latent consistency model is distilled on, ascending:
+    t_n = n * k - 1 with k = num_train_timesteps // original_steps (19, 39, ..., 999)."""
+    if isinstance(original_steps, bool) or not isinstance(original_steps, int) or not 1 <= original_steps <= num_train_timesteps:
+        raise ConsistencyError(f"original_steps must be a whole number from 1 to {num_train_timesteps}, got {original_steps!r}")
+    k = num_train_timesteps // original_steps
+    return torch.arange(1, original_steps + 1) * k - 1
+
+
+def boundary_scalings(t: torch.Tensor, sigma_data: float = 0.5, timestep_scaling: float = 10.0):
+    """(c_skip, c_out) at timesteps `t`, as LCMScheduler computes them: the consistency function is
+    f(z, t) = c_skip(t) z + c_out(t) x0_hat, so f(z, 0) = z exactly, and x0_hat alone from t of about 1."""
+    scaled = torch.as_tensor(t, dtype=torch.float64) * timestep_scaling
+    c_skip = sigma_data ** 2 / (scaled ** 2 + sigma_data ** 2)
+    c_out = scaled / (scaled ** 2 + sigma_data ** 2) ** 0.5
+    return c_skip.float(), c_out.float()
+
+
+def consistency_function(eps: torch.Tensor, z: torch.Tensor, t: torch.Tensor, alphas_cumprod: torch.Tensor):
+    """f(z_t, t) of a latent consistency model from its noise estimate, per image: c_skip z + c_out x0_hat."""
+    ab = alphas_cumprod.to(z.device)[t.to(z.device)].reshape(-1, 1, 1, 1)
+    c_skip, c_out = (c.to(z.device).reshape(-1, 1, 1, 1) for c in boundary_scalings(t))
+    return c_skip * z + c_out * clean_estimate(eps, z, ab)
+
+
+def distill_lora(pipe, images: torch.Tensor, prompts, *, rank: int = 16, guidance_scale: float = 5.0,
+                 original_steps: int = 50, steps: int = 1000, batch_size: int = 64, lr: float = 1e-3, seed: int = 0,
+                 out_dir=None, progress: bool = True, callback=None, every: int = 100):
+    """Latent consistency distillation of `pipe`'s UNet into a LoRA adapter on it (`LCM_TARGETS`).
+
+    Each step noises the latents of a batch of (image, prompt) pairs at a point t of `lcm_grid`,
+    takes one DDIM step of the frozen teacher (the UNet before the adapter) with classifier-free
+    guidance at `guidance_scale` to t - k, and trains the adapted UNet so that its consistency
+    function at t equals its own (no gradient) at t - k. The guidance is distilled in, so the
+    student samples with guidance_scale=1. Returns `fit`'s result; `pipe.unet` keeps the adapter
+    (save it with `adapters.save_lora`)."""
+    import copy
+
+    from .adapters import add_lora, check_pairs, encode_pairs
+    from .stable_diffusion import embed
+    from .train import fit
+
+    prompts = check_pairs(pipe, images, prompts)
+    if float(guidance_scale) < 1:
+        raise ConsistencyError(f"guidance_scale is the teacher's classifier-free guidance, 1 or more, got {guidance_scale!r}")
+    if getattr(pipe.unet, "peft_config", None):
+        raise ConsistencyError("this UNet already carries a LoRA adapter; distil from a freshly loaded pipeline")
+    ts = lcm_grid(pipe.scheduler.config.num_train_timesteps, original_steps)
+    skip = pipe.scheduler.config.num_train_timesteps // original_steps
+    abar = pipe.scheduler.alphas_cumprod
+    latents, table, rows = encode_pairs(pipe, images, prompts)
+    uncond = embed(pipe, [""]).cpu()
+    teacher = copy.deepcopy(pipe.unet).eval().requires_grad_(False)
+    add_lora(pipe.unet, rank=rank, targets=LCM_TARGETS, seed=seed)
+
+    def loss(unet, batch):
+        g, n = batch.generator, len(batch.indices)
+        z0, text = batch.draw(latents[batch.indices]), batch.draw(table[rows[batch.indices]])
+        t = ts[torch.randint(0, len(ts), (n,), generator=g)]
+        t_prev = (t - skip).clamp(min=0)
+        noise = batch.draw(torch.randn(z0.shape, generator=g))
+        a_t, a_prev = (batch.draw(abar[s]).reshape(-1, 1, 1, 1) for s in (t, t_prev))
+        t, t_prev = batch.draw(t), batch.draw(t_prev)
+        z = a_t.sqrt() * z0 + (1 - a_t).sqrt() * noise
+        with torch.no_grad():
+            both = teacher(torch.cat([z, z]), torch.cat([t, t]),
+                           encoder_hidden_states=torch.cat([text, batch.draw(uncond).expand_as(text)])).sample
+            cond, free = both.chunk(2)
+            z_prev = ddim_step(z, free + guidance_scale * (cond - free), a_t, a_prev)
+            target = consistency_function(unet(z_prev, t_prev, encoder_hidden_states=text).sample, z_prev, t_prev, abar)
+        online = consistency_function(unet(z, t, encoder_hidden_states=text).sample, z, t, abar)
+        return F.mse_loss(online, target)
+
+    result = fit(pipe.unet, loss, len(latents), steps=steps, batch_size=min(batch_size, len(latents)), lr=lr,
+                 warmup=min(50, steps // 5), seed=seed, out_dir=out_dir,
+                 run={"objective": "latent consistency distillation (LoRA)", "rank": rank,
+                      "guidance_scale": guidance_scale, "original_steps": original_steps},
+                 progress=progress, callback=callback, every=every, desc="latent consistency distillation")
+    pipe.unet.eval()
+    return result
+
+
+def lcm_scheduler(pipe):
+    """diffusers' `LCMScheduler` on `pipe`'s noise schedule: the sampler a latent consistency model needs."""
+    from diffusers import LCMScheduler
+
+    from .stable_diffusion import quiet_loading
+
+    with quiet_loading():
+        return LCMScheduler.from_config(pipe.scheduler.config)
+
+
+@torch.no_grad()
+def lcm_text_to_image(pipe, prompts, *, steps: int = 4, guidance_scale: float = 1.0,
+                      generator: torch.Generator | None = None) -> torch.Tensor:
+    """Images in [-1, 1] from a pipeline carrying a latent consistency LoRA, one per prompt: diffusers'
+    own `StableDiffusionPipeline` call with `LCMScheduler` for `steps` steps (guidance off at 1,
+    since the teacher's guidance is distilled in); `pipe.scheduler` is left as it was."""
+    from .stable_diffusion import check_prompts
+
+    prompts = check_prompts(prompts)
+    if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= 50:
+        raise ConsistencyError(f"steps must be a whole number from 1 to 50 (LCMScheduler's grid), got {steps!r}")
+    kept = pipe.scheduler
+    pipe.scheduler = lcm_scheduler(pipe)
+    try:
+        out = pipe(prompts, num_inference_steps=steps, guidance_scale=guidance_scale, generator=generator,
+                   output_type="pt").images
+    finally:
+        pipe.scheduler = kept
+    return (out * 2 - 1).to(torch.float32)

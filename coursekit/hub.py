@@ -18,7 +18,9 @@ from pathlib import Path
 
 PINS_FILE = Path(__file__).with_name("hub_revisions.json")
 
-# lllyasviel/sd-controlnet-canny is the Canny-edge ControlNet trained for Stable Diffusion v1.5 (Zhang et al. 2023).
+# lllyasviel/sd-controlnet-canny is the Canny-edge ControlNet trained for Stable Diffusion v1.5 (Zhang et al. 2023);
+# latent-consistency/lcm-lora-sdv1-5 the LCM-LoRA distilled from Stable Diffusion v1.5 (Luo et al. 2023), one
+# safetensors file in kohya's key naming, which diffusers' load_lora_weights converts.
 # Each model ships safetensors (google/ddpm-celebahq-256, johnowhitaker/ddpm-butterflies-32px and
 # teticio/audio-diffusion-instrumental-hiphop-256, which the course used before, ship only pickles):
 # the 256-pixel cat DDPM has the celebahq model's architecture, anton-l's 128-pixel butterflies were
@@ -31,6 +33,7 @@ MODELS = (
     "kmpartner/audio-diffusion-electronic",
     "openai/clip-vit-base-patch32",
     "lllyasviel/sd-controlnet-canny",
+    "latent-consistency/lcm-lora-sdv1-5",
 )
 DATASETS = (
     "huggan/smithsonian_butterflies_subset",
@@ -45,6 +48,7 @@ WEIGHTS = {
     "anton-l/ddpm-butterflies-128": ["unet/diffusion_pytorch_model.safetensors"],
     "kmpartner/audio-diffusion-electronic": ["unet/diffusion_pytorch_model.safetensors"],
     "openai/clip-vit-base-patch32": ["model.safetensors"],
+    "latent-consistency/lcm-lora-sdv1-5": ["pytorch_lora_weights.safetensors"],
 }
 DEFAULT_WEIGHTS = ["diffusion_pytorch_model.safetensors"]
 # Where, before any pin, a repo's safetensors are known to live when main has only pickles.
@@ -58,7 +62,8 @@ SD_FILES = ["model_index.json", "scheduler/*", "tokenizer/*", "feature_extractor
             "unet/config.json", "unet/diffusion_pytorch_model.safetensors",
             "vae/config.json", "vae/diffusion_pytorch_model.safetensors"]
 _FILES = {"stable-diffusion-v1-5/stable-diffusion-v1-5": SD_FILES, "openai/clip-vit-base-patch32": CLIP_FILES,
-          "lllyasviel/sd-controlnet-canny": CONTROLNET_FILES}
+          "lllyasviel/sd-controlnet-canny": CONTROLNET_FILES,
+          "latent-consistency/lcm-lora-sdv1-5": ["pytorch_lora_weights.safetensors"]}
 
 
 def model_files(repo_id: str) -> dict:

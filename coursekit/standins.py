@@ -41,6 +41,10 @@ CONFIG_SOURCES = {
     "lllyasviel/sd-controlnet-canny": "not seen offline: Stable Diffusion v1.5's UNet config (which the ControlNet "
                                       "copies) with ControlNetModel's conditioning keys at their defaults, which the "
                                       "canny model uses (16/32/96/256 embedding channels, RGB order)",
+    "latent-consistency/lcm-lora-sdv1-5": "not seen offline: its one file, pytorch_lora_weights.safetensors, in kohya's "
+                                          "key naming (lora_unet_<diffusers module path>.lora_down/lora_up/alpha, as "
+                                          "diffusers' LCM-LoRA script writes it) on LCM-LoRA's target layers, in "
+                                          "float16; rank 4 here (the real adapter's rank is larger)",
     "huggan/smithsonian_butterflies_subset": "the 18 columns and types of its dataset_infos.json",
     "ylecun/mnist": "its dataset card's features (Image, ClassLabel '0'..'9') and the parquet converter's layout",
     "lewtun/music_genres_small": "its dataset card's features (audio, song_id, genre_id, genre); the genre names "
@@ -203,6 +207,33 @@ def controlnet(repo: str, folder: Path) -> None:
     _diffusers_model(repo, folder, "config.json")
 
 
+def lcm_lora(repo: str, folder: Path) -> None:
+    """An LCM-LoRA for Stable Diffusion v1.5's stand-in UNet: one safetensors file at the top, keys in
+    kohya's naming, random non-zero up-projections (so that loading it changes the model)."""
+    import diffusers
+    import torch
+    from peft import LoraConfig
+    from peft.utils import get_peft_model_state_dict
+    from safetensors.torch import save_file
+
+    from .consistency import LCM_TARGETS
+
+    cfg = config("stable-diffusion-v1-5/stable-diffusion-v1-5", "unet/config.json")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(SEED)
+        unet = diffusers.UNet2DConditionModel.from_config({k: v for k, v in cfg.items() if not k.startswith("_")})
+        unet.add_adapter(LoraConfig(r=4, lora_alpha=4, init_lora_weights="gaussian", target_modules=list(LCM_TARGETS)))
+        state = {}
+        for key, weight in get_peft_model_state_dict(unet).items():
+            module, kind = key.rsplit(".lora_", 1)
+            up = kind.startswith("B")
+            name = "lora_unet_" + module.replace(".", "_")
+            state[f"{name}.lora_{'up' if up else 'down'}.weight"] = (torch.randn_like(weight) * 0.02 if up else weight)
+            state[f"{name}.alpha"] = torch.tensor(4.0)
+    save_file({k: v.to(torch.float16).contiguous() for k, v in state.items()},
+              str(folder / "pytorch_lora_weights.safetensors"))
+
+
 def clip(repo: str, folder: Path) -> None:
     """openai/clip-vit-base-patch32: config, weights, tokenizer and image processor at the top."""
     _copy(repo, folder, "preprocessor_config.json", "tokenizer_config.json", "special_tokens_map.json")
@@ -323,6 +354,7 @@ STANDINS = {
     "kmpartner/audio-diffusion-electronic": ("model", audio_diffusion),
     "openai/clip-vit-base-patch32": ("model", clip),
     "lllyasviel/sd-controlnet-canny": ("model", controlnet),
+    "latent-consistency/lcm-lora-sdv1-5": ("model", lcm_lora),
     "huggan/smithsonian_butterflies_subset": ("dataset", butterflies),
     "ylecun/mnist": ("dataset", mnist),
     "lewtun/music_genres_small": ("dataset", music_genres),

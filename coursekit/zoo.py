@@ -174,8 +174,38 @@ CONTROL_RECIPES = {
 }
 
 
+@dataclass(frozen=True)
+class LcmRecipe:
+    """A latent consistency LoRA (LCM-LoRA) distilled from a zoo text-to-image model on its own data."""
+
+    description: str
+    base: str
+    steps: int
+    rank: int = 16
+    guidance_scale: float = 5.0
+    original_steps: int = 50
+    batch_size: int = 64
+    lr: float = 1e-3
+    seed: int = 0
+    eval_steps: tuple = (1, 2, 4, 8)
+
+
+LCM_RECIPES = {
+    "tiny-sd-lcm-lora": LcmRecipe(
+        description="A latent consistency LoRA for tiny-sd (LCM-LoRA): consistency distillation of its UNet on the "
+                    "teacher's 50-step DDIM grid with guidance 5 distilled in, as a rank-16 LoRA on LCM-LoRA's target "
+                    "layers; sampled with LCMScheduler in 1 to 8 steps at guidance 1.",
+        base="tiny-sd", steps=1000,
+    ),
+}
+
+
 def recipe_names() -> list[str]:
-    return sorted([*RECIPES, *TEXT_RECIPES, *CONTROL_RECIPES])
+    return sorted([*RECIPES, *TEXT_RECIPES, *CONTROL_RECIPES, *LCM_RECIPES])
+
+
+def describe(name: str) -> str:
+    return (RECIPES.get(name) or TEXT_RECIPES.get(name) or CONTROL_RECIPES.get(name) or LCM_RECIPES[name]).description
 
 
 def is_shipped(name: str) -> bool:
@@ -468,6 +498,15 @@ def reevaluate(name: str, folder: str | os.PathLike | None = None, per_class: in
     """Measure a trained checkpoint again with its recipe's evaluation settings; rewrite its card."""
     out = Path(folder) if folder else ZOO_DIR / name
     done = json.loads((out / "recipe.json").read_text())
+    if name in LCM_RECIPES:
+        from . import stable_diffusion as sd
+
+        recipe = LCM_RECIPES[name]
+        quality = evaluate_lcm(sd.load_pipeline(recipe.base), out, recipe, per_pair=max(1, per_class // 12))
+        (out / "README.md").write_text(_lcm_card(name, recipe, done["steps"], done["train_seconds"], done["threads"],
+                                                 done["trainable_parameters"], quality))
+        (out / "recipe.json").write_text(json.dumps({**done, "quality": quality}, indent=2) + "\n")
+        return quality
     if name in CONTROL_RECIPES:
         from . import adapters
         from . import stable_diffusion as sd
@@ -520,6 +559,9 @@ def train_checkpoint(name: str, out: str | os.PathLike | None = None, steps: int
     from . import train as training
     from .tracks import torch_threads
 
+    if name in LCM_RECIPES:
+        return train_lcm_checkpoint(name, out, steps, threads=threads, evaluate_after=evaluate_after,
+                                    progress=progress, into_package=into_package)
     if name in CONTROL_RECIPES:
         return train_control_checkpoint(name, out, steps, threads=threads, evaluate_after=evaluate_after,
                                         progress=progress, into_package=into_package)
@@ -776,6 +818,111 @@ Edge agreement: the F1 score between the Canny edges of a sample and the conditi
     return out
 
 
+def evaluate_lcm(pipe, folder, recipe: LcmRecipe, per_pair: int = 4, seed: int = 1) -> dict:
+    """Prompt accuracy (`captions.prompt_judge`) and pixel FD at 16x16 to the real coloured digits of the
+    LCM-LoRA in `folder` on `pipe` (its base model, loaded fresh) at each of `recipe.eval_steps`, with
+    LCMScheduler at guidance 1; beside it the base model with DDIM at its card's guidance (4 and 25
+    steps) and with LCMScheduler but no adapter (the same step counts). Same prompts and seed for every row."""
+    import torch
+
+    from . import adapters, captions, consistency, metrics
+    from . import stable_diffusion as sd
+
+    judge = captions.prompt_judge()
+    prompts = [captions.caption(d, c) for d in range(10) for c in captions.COLOURS if (d, c) not in captions.HELD_OUT]
+    prompts = prompts * per_pair
+    images = captions.dataset()[0]
+    real = images[torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))[:len(prompts)]]
+    g = lambda: torch.Generator().manual_seed(seed)
+    out = {"samples": len(prompts)}
+
+    def measure(key, x):
+        out[f"{key}_prompt_accuracy"] = round(judge.accuracy(x, prompts), 4)
+        out[f"{key}_pixel_fd16"] = round(metrics.pixel_fd(x, real, size=16, dims=20), 3)
+
+    base_guidance = TEXT_RECIPES[recipe.base].eval_guidance
+    for steps in (4, 25):
+        measure(f"base_ddim{steps}", sd.text_to_image(pipe, prompts, steps=steps, guidance_scale=base_guidance, generator=g()))
+    for steps in recipe.eval_steps:
+        measure(f"base_lcm{steps}", consistency.lcm_text_to_image(pipe, prompts, steps=steps, generator=g()))
+    adapters.load_lora(pipe, folder, "lcm")
+    for steps in recipe.eval_steps:
+        measure(f"lcm_lora{steps}", consistency.lcm_text_to_image(pipe, prompts, steps=steps, generator=g()))
+    return out
+
+
+def _lcm_card(name: str, recipe: LcmRecipe, steps: int, seconds: float, threads: int, trainable: int,
+              quality: dict) -> str:
+    rows = "\n".join(f"| {k} | {v} |" for k, v in quality.items())
+    base_guidance = TEXT_RECIPES[recipe.base].eval_guidance
+    return f"""---
+library_name: diffusers
+tags: [coursekit, lcm, lora, small-track]
+---
+# {name}
+
+{recipe.description}
+
+- **Base model**: the zoo's `{recipe.base}` (load both with `coursekit.stable_diffusion.load_pipeline({recipe.base!r})` and
+  `coursekit.adapters.load_lora(pipe, {name!r})`; sample with `coursekit.consistency.lcm_text_to_image`, which is
+  diffusers' pipeline with `LCMScheduler`).
+- **Data**: `coursekit.captions.dataset()`, the base model's own training images and captions.
+- **Adapter**: LoRA rank {recipe.rank} on `coursekit.consistency.LCM_TARGETS` ({trainable:,} trainable parameters), saved
+  as `pytorch_lora_weights.safetensors` in peft's key naming.
+- **Recipe**: `coursekit.consistency.distill_lora`: {steps} steps of batch {recipe.batch_size}, AdamW lr {recipe.lr} (cosine),
+  teacher guidance {recipe.guidance_scale} on the {recipe.original_steps}-step DDIM grid, seed {recipe.seed}. Full recipe:
+  `coursekit.zoo.LCM_RECIPES[{name!r}]`.
+- **Training time**: {seconds / 60:.1f} minutes on {platform.machine()} CPU, {threads} torch thread(s).
+- **Reproduce**: `coursekit train {name} --out DIR` (`--into-package` replaces this shipped adapter)
+
+## Measured quality
+Prompt accuracy by `coursekit.captions.prompt_judge()`; pixel FD: Fréchet distance at 16x16 to as many real coloured
+digits (`coursekit.metrics.pixel_fd`, 20 principal components; lower is closer). `base_ddim*`: the base model with
+DDIM at guidance {base_guidance}; `base_lcm*`: the base model with LCMScheduler and no adapter; `lcm_lora*`: with the
+adapter, LCMScheduler, guidance 1. Same prompts and noise seed for every row.
+
+| measure | value |
+| --- | --- |
+{rows}
+"""
+
+
+def train_lcm_checkpoint(name: str, out=None, steps: int | None = None, threads: int | None = None,
+                         evaluate_after: bool = True, progress: bool = True, into_package: bool = False) -> Path:
+    """Distil the zoo LCM-LoRA `name` from its recipe's base model; save the adapter
+    (`pytorch_lora_weights.safetensors`) with its card in `out`."""
+    import torch
+
+    from . import adapters, captions, consistency
+    from . import stable_diffusion as sd
+    from . import train as training
+    from .tracks import torch_threads
+
+    recipe = LCM_RECIPES[name]
+    steps = recipe.steps if steps is None else training.positive_int("steps", steps)
+    out = output_folder(out, into_package, ZOO_DIR / name, steps < recipe.steps, f"adapter {name!r}")
+    work = out.with_name(out.name + ".work")
+    with torch_threads(threads):
+        pipe = sd.load_pipeline(recipe.base)
+        images, texts, _, _ = captions.dataset()
+        result = consistency.distill_lora(pipe, images, texts, rank=recipe.rank, guidance_scale=recipe.guidance_scale,
+                                          original_steps=recipe.original_steps, steps=steps,
+                                          batch_size=recipe.batch_size, lr=recipe.lr, seed=recipe.seed,
+                                          out_dir=work, progress=progress)
+        if out.exists():
+            shutil.rmtree(out)
+        adapters.save_lora(pipe, out)
+        trainable = adapters.trainable_parameters(pipe.unet)
+        quality = evaluate_lcm(sd.load_pipeline(recipe.base), out, recipe) if evaluate_after else {}
+        threads_used = torch.get_num_threads()
+        (out / "README.md").write_text(_lcm_card(name, recipe, steps, result.seconds, threads_used, trainable, quality))
+        (out / "recipe.json").write_text(json.dumps({**asdict(recipe), "name": name, "steps": steps, "quality": quality,
+                                                     "train_seconds": round(result.seconds, 1), "threads": threads_used,
+                                                     "trainable_parameters": trainable}, indent=2) + "\n")
+    shutil.rmtree(work, ignore_errors=True)
+    return out
+
+
 def add_commands(sub) -> None:
     """`train NAME` (retrain a checkpoint from its recipe, or `--list` them) and `evaluate NAME`."""
     t = sub.add_parser("train", help="retrain a zoo checkpoint from its recipe (--list: the recipes)")
@@ -797,7 +944,7 @@ def add_commands(sub) -> None:
 def _train_command(args) -> None:
     if args.list or not args.name:
         for n in recipe_names():
-            print(f"{n}: {(RECIPES.get(n) or TEXT_RECIPES.get(n) or CONTROL_RECIPES[n]).description}")
+            print(f"{n}: {describe(n)}")
         return
     began = time.perf_counter()
     path = train_checkpoint(args.name, args.out, args.steps, args.threads, evaluate_after=not args.no_eval,

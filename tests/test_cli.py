@@ -158,16 +158,16 @@ def test_prefetch_downloads_pinned_revisions_verifies_and_prints_sizes(tmp_path,
     monkeypatch.setattr(hub, "pins", lambda: pins)
     monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot_download)
     done = cli.prefetch(unit=4, root=str(ROOT / "units"))
-    assert [d["repo"] for d in done] == [repo for repo, _ in plan] and len(plan) == 3
+    assert [d["repo"] for d in done] == [repo for repo, _ in plan] and len(plan) == 5
     assert {kind for _, kind in plan} == {"model", "dataset"}
     assert all(d["bytes"] == 2_000_000 for d in done)
     fetched = [c for c in calls if not c[3]]
     verified = [c for c in calls if c[3]]
-    assert [c[2] for c in fetched] == [pins[repo] for repo, _ in plan] and len(verified) == 3
+    assert [c[2] for c in fetched] == [pins[repo] for repo, _ in plan] and len(verified) == 5
     for repo, kind, _, _, patterns in fetched:
         assert patterns == (hub.model_files(repo) if kind == "model" else hub.dataset_files(repo))
         assert "*.bin" in patterns["ignore_patterns"] if kind == "model" else "*.py" in patterns["ignore_patterns"]
-    assert "prefetched 3 repos, 6.0 MB in all" in capsys.readouterr().out
+    assert "prefetched 5 repos, 10.0 MB in all" in capsys.readouterr().out
 
 
 def test_prefetch_of_an_unknown_unit_names_the_units():

@@ -96,6 +96,24 @@ def test_stable_diffusion_loads_and_samples_with_coursekits_helpers(cache):
     assert latents.shape == (1, 4, pipe.unet.config.sample_size, pipe.unet.config.sample_size)
 
 
+def test_the_lcm_lora_loads_in_kohya_naming_into_every_target_layer_and_changes_the_samples(cache):
+    from safetensors.torch import load_file
+
+    from coursekit import adapters, consistency
+    from coursekit import stable_diffusion as sd
+
+    folder = adapters.lora_folder("latent-consistency/lcm-lora-sdv1-5")
+    keys = list(load_file(folder / "pytorch_lora_weights.safetensors"))
+    assert all(k.startswith("lora_unet_") for k in keys) and any(k.endswith(".alpha") for k in keys)
+    pipe = sd.load_pipeline("stable-diffusion-v1-5/stable-diffusion-v1-5")
+    g = lambda: torch.Generator().manual_seed(0)
+    before = consistency.lcm_text_to_image(pipe, "a cat", steps=2, generator=g())
+    adapters.load_lora(pipe, "latent-consistency/lcm-lora-sdv1-5", "lcm")
+    adapted = {n.rsplit(".lora_A", 1)[0] for n, _ in pipe.unet.named_parameters() if ".lora_A." in n}
+    assert len(adapted) == sum(k.endswith(".alpha") for k in keys), "every layer in the file got its adapter"
+    assert (consistency.lcm_text_to_image(pipe, "a cat", steps=2, generator=g()) - before).abs().max() > 1e-3
+
+
 def test_clip_loads_at_its_safetensors_ref_and_scores_images(cache):
     model, tokenizer = guidance.load_clip("openai/clip-vit-base-patch32")
     loss = guidance.clip_loss("a butterfly", (model, tokenizer), cuts=2, generator=torch.Generator().manual_seed(0))

@@ -71,7 +71,8 @@ def test_hub_pin_command_pins_and_names_a_model_without_safetensors(tmp_path, mo
 
     monkeypatch.setattr(hub, "PINS_FILE", tmp_path / "hub_revisions.json")
     files = {"a" * 40: ["unet/diffusion_pytorch_model.safetensors", "vae/diffusion_pytorch_model.safetensors",
-                        "text_encoder/model.safetensors", "diffusion_pytorch_model.safetensors", "model.safetensors"]}
+                        "text_encoder/model.safetensors", "diffusion_pytorch_model.safetensors", "model.safetensors",
+                        "pytorch_lora_weights.safetensors"]}
     import huggingface_hub
 
     from coursekit import cli

@@ -89,6 +89,33 @@ def test_tiny_controlnet_recipe_trains_for_a_few_steps(tmp_path):
     assert "2 steps of batch" in (out / "README.md").read_text() and not (tmp_path / "c.work").exists()
 
 
+def test_tiny_lcm_lora_ships_with_its_card_and_beats_four_ddim_steps():
+    from coursekit import adapters
+
+    folder = zoo.ZOO_DIR / "tiny-sd-lcm-lora"
+    card = (folder / "README.md").read_text()
+    quality = json.loads((folder / "recipe.json").read_text())["quality"]
+    assert "coursekit train tiny-sd-lcm-lora" in card and "## Measured quality" in card
+    assert quality["lcm_lora4_prompt_accuracy"] > quality["base_ddim4_prompt_accuracy"] + 0.2
+    assert quality["lcm_lora1_prompt_accuracy"] > quality["base_lcm1_prompt_accuracy"]
+    assert adapters.lora_folder("tiny-sd-lcm-lora") == folder and "tiny-sd-lcm-lora" in adapters.zoo_adapters()
+    assert zoo.is_shipped("tiny-sd-lcm-lora")
+
+
+def test_tiny_lcm_lora_recipe_trains_for_a_few_steps_and_loads(tmp_path):
+    from coursekit import adapters, consistency
+    from coursekit import stable_diffusion as sd
+
+    out = zoo.train_checkpoint("tiny-sd-lcm-lora", tmp_path / "l", steps=2, evaluate_after=False, progress=False)
+    assert "2 steps of batch" in (out / "README.md").read_text() and not (tmp_path / "l.work").exists()
+    pipe = sd.load_pipeline("tiny-sd")
+    adapters.load_lora(pipe, out, "lcm")
+    x = consistency.lcm_text_to_image(pipe, ["a red seven"], steps=1, generator=__import__("torch").Generator().manual_seed(0))
+    assert x.shape == (1, 3, 32, 32)
+    with pytest.raises(zoo.ZooError, match="shorter run"):
+        zoo.train_checkpoint("tiny-sd-lcm-lora", steps=2, into_package=True)
+
+
 def test_class_channel_models_save_and_load_like_any_model(tmp_path):
     from coursekit.models import ClassChannelsUNet
 

@@ -473,3 +473,17 @@ def test_new_directions_consistency_loop_is_coursekits():
         ours = names["consistency_sample"](unet, sched, x, 4, y, torch.Generator().manual_seed(3))
     torch.testing.assert_close(ours, consistency.sample(unet, sched, x, steps=4, labels=y,
                                                         generator=torch.Generator().manual_seed(3)), atol=1e-5, rtol=0)
+
+
+def test_new_directions_latent_consistency_function_is_coursekits_and_lcm_schedulers():
+    from diffusers import LCMScheduler
+
+    from coursekit import consistency
+
+    names = tagged(UNIT4_NEW, "teach-lcm")
+    lcm = LCMScheduler(num_train_timesteps=1000, beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012)
+    t = torch.tensor([0, 19, 259, 999])
+    z, eps = torch.randn(4, 4, 8, 8), torch.randn(4, 4, 8, 8)
+    ours = names["latent_consistency_function"](eps, z, t, lcm.alphas_cumprod)
+    torch.testing.assert_close(ours, consistency.consistency_function(eps, z, t, lcm.alphas_cumprod))
+    torch.testing.assert_close(ours[:1], z[:1])

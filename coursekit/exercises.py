@@ -79,7 +79,7 @@ def _diagnose(got: torch.Tensor, want: torch.Tensor, wrongs: list[tuple[str, tor
         return "the sign is flipped"
     if want.abs().max() > 0 and got.abs().max() > 0:
         ratio = got[want.abs() > 1e-6] / want[want.abs() > 1e-6]
-        if len(ratio) > 1 and float(ratio.std()) < 1e-4 * float(ratio.abs().mean()):
+        if len(ratio) > 1 and float(ratio.std()) < 1e-4 * float(ratio.abs().mean()) and abs(float(ratio.mean()) - 1) > 1e-3:
             return "off by a constant factor everywhere: check a scale (a square root, a 2, a weight)"
         if _close(got.abs() ** 2, want.abs(), ex) or _close(got.abs(), want.abs() ** 2, ex):
             return "a square or square root too many or too few: a variance used for a standard deviation, or back"
@@ -245,6 +245,124 @@ UNIT2_GUIDANCE = "unit2/01_finetuning_and_guidance.ipynb"
 UNIT2_CLASSES = "unit2/02_class_conditioned.ipynb"
 UNIT4_NEW = "unit4/04_new_directions.ipynb"
 
+def _heads_inputs(g):
+    b, n, m = (int(v) for v in torch.randint(1, 6, (3,), generator=g))
+    heads = int(torch.randint(1, 4, (1,), generator=g))
+    d = heads * int(torch.randint(2, 5, (1,), generator=g))
+    r = lambda *shape: torch.randn(shape, generator=g, dtype=torch.float64)
+    return r(b, n, d), r(b, m, d), r(b, m, d), heads
+
+
+def _heads(q, k, v, heads, head_scale=True, split=True):
+    b, n, d = q.shape
+    h = heads if split else 1
+    sp = lambda z: z.reshape(b, -1, h, d // h).transpose(1, 2)
+    qs, ks, vs = sp(q), sp(k), sp(v)
+    scale = (d // heads if head_scale else d) ** 0.5
+    out = torch.softmax(qs @ ks.transpose(-1, -2) / scale, dim=-1) @ vs
+    return out.transpose(1, 2).reshape(b, n, d)
+
+
+def _blend_inputs(g):
+    shape = (int(torch.randint(1, 4, (1,), generator=g)), 4, 6, 6)
+    mask = (torch.rand((shape[0], 1, 6, 6), generator=g) > 0.5).double()
+    return torch.randn(shape, generator=g, dtype=torch.float64), torch.randn(shape, generator=g, dtype=torch.float64), mask
+
+
+def _latent_ratio(shrink_channels=False):
+    from .stable_diffusion import load_pipeline
+
+    pipe = load_pipeline("tiny-sd")
+    size = pipe.unet.config.sample_size
+    pixels = (size * pipe.vae_scale_factor) ** 2 * (1 if shrink_channels else pipe.vae.config.in_channels)
+    return pixels / (size ** 2 * (1 if shrink_channels else pipe.unet.config.in_channels))
+
+
+def _lora_inputs(g):
+    n, d_in, d_out, r = (int(v) for v in torch.randint(2, 7, (4,), generator=g))
+    x = lambda *shape: torch.randn(shape, generator=g, dtype=torch.float64)
+    return x(n, d_in), x(d_out, d_in), x(r, d_in), x(d_out, r), float(torch.randint(1, 17, (1,), generator=g)), r
+
+
+def _lora_merge_inputs(g):
+    _, w, a, b, alpha, r = _lora_inputs(g)
+    return w, a, b, alpha, r
+
+
+def _lora_params(everything=False):
+    from .adapters import add_lora
+    from .stable_diffusion import load_pipeline
+
+    unet = load_pipeline("tiny-sd").unet
+    n = add_lora(unet, rank=4)
+    return sum(p.numel() for p in unet.parameters()) if everything else n
+
+
+def _inversion_inputs(g):
+    x, eps, a, b = _ddim_inputs(g)
+    return x, eps, b, a          # from the less noisy level b = ab_prev up to a = ab_t
+
+
+def _psnr_inputs(g):
+    shape = (int(torch.randint(1, 4, (1,), generator=g)), 3, 5, 5)
+    ref = torch.rand(shape, generator=g, dtype=torch.float64) * 2 - 1
+    return (ref + 0.1 * torch.randn(shape, generator=g, dtype=torch.float64)).clamp(-1, 1), ref
+
+
+def _psnr(x, ref, peak=1.0, scale=0.5):
+    mse = (((x - ref) * scale) ** 2).flatten(1).mean(1)
+    return (10 * torch.log10(peak ** 2 / mse)).mean()
+
+
+def _mel_inputs(g):
+    return (torch.rand(int(torch.randint(3, 12, (1,), generator=g)), generator=g, dtype=torch.float64) * 8000,)
+
+
+def _fbank_inputs(g):
+    rate = int(torch.tensor([8000, 16000, 22050])[torch.randint(0, 3, (1,), generator=g)])
+    n_fft = int(torch.tensor([256, 512])[torch.randint(0, 2, (1,), generator=g)])
+    return n_fft // 2 + 1, int(torch.randint(8, 40, (1,), generator=g)), rate
+
+
+def _fbank(n_freqs, n_mels, sample_rate, norm=None, mel_scale="htk"):
+    import torchaudio.functional as AF
+
+    return AF.melscale_fbanks(n_freqs, 0.0, sample_rate / 2, n_mels, sample_rate, norm=norm, mel_scale=mel_scale)
+
+
+def _image_seconds(hop_only=False):
+    from .audio import PRESETS
+
+    p = PRESETS["small"]
+    return (p.frames * p.hop_length - (0 if hop_only else 1)) / p.sample_rate
+
+
+def _one_step_inputs(g):
+    x, eps, a, b = _ddim_inputs(g)
+    return x, torch.randn(x.shape, generator=g, dtype=torch.float64), a, b
+
+
+def _one_step_eps(z, z_next, a_t, a_next):
+    ratio = (1 - a_next).sqrt() / (1 - a_t).sqrt()
+    x0 = (z_next - ratio * z) / (a_next.sqrt() - ratio * a_t.sqrt())
+    return (z - a_t.sqrt() * x0) / (1 - a_t).sqrt()
+
+
+def _trailing(steps, spacing="trailing"):
+    from diffusers import DDIMScheduler
+
+    s = DDIMScheduler(num_train_timesteps=1000, timestep_spacing=spacing)
+    s.set_timesteps(int(steps))
+    return s.timesteps
+
+
+UNIT3_SD = "unit3/01_stable_diffusion.ipynb"
+UNIT3_LORA = "unit3/02_lora_and_controlnet.ipynb"
+UNIT4_INVERSION = "unit4/01_ddim_inversion.ipynb"
+UNIT4_AUDIO = "unit4/02_diffusion_for_audio.ipynb"
+UNIT4_FASTER = "unit4/03_faster_sampling.ipynb"
+
+
 EXERCISES = {ex.name: ex for ex in [
     Exercise(
         "unit1.alpha_bar", UNIT1,
@@ -343,6 +461,130 @@ EXERCISES = {ex.name: ex for ex in [
         mistakes=(("there is one more label than digits: the 'no class' label that classifier-free guidance needs",
                    lambda: _zoo_params("digits-cond", "class_embedding", rows=10)),),
         hint="count the numbers in the embedding's weight", rtol=0, atol=0.5),
+    Exercise(
+        "unit3.latent_ratio", UNIT3_SD,
+        "How many times fewer numbers does tiny-sd's UNet work on than the pixels of the image it draws (pixels "
+        "times channels over latent positions times channels)? Measure it on the loaded pipeline.",
+        reference=_latent_ratio,
+        mistakes=(("count the channels too: 3 per pixel, 4 per latent position", lambda: _latent_ratio(True)),),
+        hint="compare pipe.vae's image size and channels with pipe.unet's sample size and channels", rtol=1e-6),
+    Exercise(
+        "unit3.attention_heads", UNIT3_SD,
+        "attention_heads(q, k, v, heads): attention of projected queries q (B, N, D) over keys and values (B, M, D) "
+        "with `heads` heads of width D / heads each, merged back to (B, N, D).",
+        reference=_heads, inputs=_heads_inputs,
+        mistakes=(("each head scales its scores by the square root of its own width D / heads, not of D",
+                   lambda q, k, v, h: _heads(q, k, v, h, head_scale=False)),
+                  ("split the width into heads and let each attend on its own before merging",
+                   lambda q, k, v, h: _heads(q, k, v, 1) if h > 1 else None)),
+        hint="reshape to (B, heads, N, D / heads), attend, then transpose and reshape back"),
+    Exercise(
+        "unit3.inpaint_blend", UNIT3_SD,
+        "keep_known(z, z_known, mask): the latents after an inpainting step: the model's latents z where the mask "
+        "is 1 (the region to paint), the known image's latents z_known (noised to the same step) where it is 0.",
+        reference=lambda z, known, m: m * z + (1 - m) * known, inputs=_blend_inputs,
+        mistakes=(("the mask is 1 where new content goes: keep the known latents where it is 0",
+                   lambda z, known, m: (1 - m) * z + m * known),),
+        hint="a weighted sum with the mask and 1 - mask as weights"),
+    Exercise(
+        "unit3.lora_linear", UNIT3_LORA,
+        "lora_linear(x, W, A, B, alpha, r): a linear layer W (out, in) with a LoRA update, for inputs x (N, in).",
+        reference=lambda x, w, a, b, alpha, r: x @ w.T + (alpha / r) * (x @ a.T) @ b.T, inputs=_lora_inputs,
+        mistakes=(("the update is scaled by alpha / r", lambda x, w, a, b, alpha, r: x @ w.T + (x @ a.T) @ b.T),
+                  ("the update is added to the frozen layer's output, not used alone",
+                   lambda x, w, a, b, alpha, r: (alpha / r) * (x @ a.T) @ b.T)),
+        hint="x W^T plus (alpha / r) times x A^T B^T"),
+    Exercise(
+        "unit3.lora_merge", UNIT3_LORA,
+        "merge(W, A, B, alpha, r): the single weight matrix that does what the layer with its LoRA does, so that "
+        "inference costs nothing extra.",
+        reference=lambda w, a, b, alpha, r: w + (alpha / r) * b @ a, inputs=_lora_merge_inputs,
+        mistakes=(("the update is scaled by alpha / r", lambda w, a, b, alpha, r: w + b @ a),),
+        hint="W + (alpha / r) B A has W's shape (out, in)"),
+    Exercise(
+        "unit3.lora_params", UNIT3_LORA,
+        "How many trainable parameters does a rank-4 LoRA on tiny-sd's attention projections have "
+        "(coursekit.adapters.add_lora(pipe.unet, rank=4))? Count the parameters that require gradients.",
+        reference=_lora_params,
+        mistakes=(("count only the parameters that require gradients: the UNet itself is frozen",
+                   lambda: _lora_params(everything=True)),),
+        hint="sum p.numel() over the parameters with p.requires_grad", rtol=0, atol=0.5),
+    Exercise(
+        "unit4.inversion_step", UNIT4_INVERSION,
+        "invert_step(x, eps, ab_prev, ab_t): one step of DDIM inversion, up from the noise level ab_prev to the "
+        "noisier ab_t, with the noise estimate eps.",
+        reference=lambda x, eps, b, a: a.sqrt() * (x - (1 - b).sqrt() * eps) / b.sqrt() + (1 - a).sqrt() * eps,
+        inputs=_inversion_inputs,
+        mistakes=(("x0-hat comes from the current latent, at its own level ab_prev; ab_t is where the step goes",
+                   lambda x, eps, b, a: a.sqrt() * (x - (1 - a).sqrt() * eps) / a.sqrt() + (1 - a).sqrt() * eps),),
+        hint="the DDIM step with the two noise levels in the other order"),
+    Exercise(
+        "unit4.psnr", UNIT4_INVERSION,
+        "psnr(x, reference): the PSNR in dB of images in [-1, 1], per image with pixels scaled to 0..1, averaged "
+        "over the batch, as the notebook reports it.",
+        reference=_psnr, inputs=_psnr_inputs,
+        mistakes=(("the images are in [-1, 1]: scale them to 0..1 (a range of 2) before the squared error, or "
+                   "use a peak of 2", lambda x, r: _psnr(x, r, scale=1.0)),
+                  ("compute the PSNR of each image, then average the decibels",
+                   lambda x, r: 10 * torch.log10(1 / (((x - r) / 2) ** 2).mean()))),
+        hint="10 log10(1 / MSE) with the pixels in 0..1"),
+    Exercise(
+        "unit4.inversion_calls", UNIT4_INVERSION,
+        "How many UNet calls does inverting one batch with 50 DDIM steps and sampling it back with 50 take? "
+        "Count them with a forward hook on the UNet while running coursekit.inversion.invert and denoise.",
+        reference=lambda: 100,
+        mistakes=(("both directions call the UNet once per step", lambda: 50),),
+        hint="count the forward passes of both runs", rtol=0, atol=0.5),
+    Exercise(
+        "unit4.hz_to_mel", UNIT4_AUDIO,
+        "hz_to_mel(f): frequencies in Hz to the mel scale that torchaudio and the notebook use (HTK's).",
+        reference=lambda f: 2595 * torch.log10(1 + f / 700), inputs=_mel_inputs,
+        mistakes=(("HTK's mel scale uses log10, with the factor 2595", lambda f: 2595 * torch.log(1 + f / 700)),),
+        hint="2595 log10(1 + f / 700)", rtol=1e-6),
+    Exercise(
+        "unit4.mel_filters", UNIT4_AUDIO,
+        "mel_filters(n_freqs, n_mels, sample_rate): the (n_freqs, n_mels) matrix of triangular filters that turns "
+        "a power spectrum into mel bands, from 0 Hz to the Nyquist frequency, HTK's mel scale, no normalisation.",
+        reference=_fbank, inputs=_fbank_inputs,
+        mistakes=(("no area normalisation: each triangle peaks at 1", lambda n, m, r: _fbank(n, m, r, norm="slaney")),
+                  ("place the centres evenly on HTK's mel scale, not Slaney's",
+                   lambda n, m, r: _fbank(n, m, r, mel_scale="slaney")),
+                  ("one column per mel band: the result is (n_freqs, n_mels)", lambda n, m, r: _fbank(n, m, r).T)),
+        hint="n_mels + 2 points evenly spaced in mel, back to Hz, and a triangle rising and falling between "
+             "neighbours, evaluated at the n_freqs bin frequencies", rtol=1e-4, atol=1e-5),
+    Exercise(
+        "unit4.image_seconds", UNIT4_AUDIO,
+        "How many seconds of audio does one small-track mel image hold (coursekit.audio.PRESETS['small'])? "
+        "Measure it: make a mel image of a slice and count the samples it needs.",
+        reference=_image_seconds,
+        mistakes=(),
+        hint="frames times the hop length, in samples, over the sample rate", rtol=2e-3),
+    Exercise(
+        "unit4.one_step_eps", UNIT4_FASTER,
+        "one_step_eps(z, z_target, ab_t, ab_next): the noise estimate with which one DDIM step from z (at ab_t) "
+        "lands exactly on z_target (at ab_next): progressive distillation's target.",
+        reference=_one_step_eps, inputs=_one_step_inputs,
+        hint="write z_target = sqrt(ab_next) x0 + sqrt(1 - ab_next) eps with x0 from z and eps, and solve for eps; "
+             "check that a DDIM step with your eps lands on z_target", rtol=1e-4, atol=1e-6),
+    Exercise(
+        "unit4.trailing_timesteps", UNIT4_FASTER,
+        "trailing_timesteps(steps): the timesteps, from the noisiest down, that DDIM with trailing spacing visits "
+        "in `steps` steps of a 1000-step schedule.",
+        reference=_trailing, inputs=lambda g: (int(torch.randint(1, 60, (1,), generator=g)),),
+        mistakes=(("that is leading spacing, which starts below t = 999; trailing counts down from 999",
+                   lambda n: _trailing(n, "leading")),
+                  ("that is linspace spacing; trailing steps are 1000 / steps apart from 999 down",
+                   lambda n: _trailing(n, "linspace"))),
+        hint="999, then 1000 / steps lower each time, rounded", rtol=0, atol=0.5),
+    Exercise(
+        "unit4.distilled_calls", UNIT4_FASTER,
+        "How many times less UNet work per sample does the 4-step student need than its 64-step teacher with "
+        "classifier-free guidance? Measure it: a forward hook that adds up the batch size of every UNet call "
+        "(a guided step runs both halves in one batch of twice the size).",
+        reference=lambda: 64 * 2 / 4,
+        mistakes=(("the guided teacher's batches are twice the size: count images through the UNet, not calls",
+                   lambda: 64 / 4),),
+        hint="images through the UNet per sample, for each", rtol=1e-6),
     Exercise(
         "unit4.flow_target", UNIT4_NEW,
         "velocity(x0, noise): the flow-matching target on the straight path x_s = (1 - s) x0 + s noise.",

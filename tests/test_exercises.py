@@ -58,6 +58,23 @@ WRONG = {
     "unit2.cross_attention": (lambda p, t, q, k, v: torch.softmax((p @ q) @ (t @ k).transpose(-1, -2), -1) @ (t @ v),
                               "square root of the query width"),
     "unit2.class_embedding_params": (1280, "the 'no class' label"),
+    "unit3.latent_ratio": (16.0, "count the channels too"),
+    "unit3.attention_heads": (lambda q, k, v, h: torch.softmax(q @ k.transpose(-1, -2) / q.shape[-1] ** 0.5, -1) @ v,
+                              None),
+    "unit3.inpaint_blend": (lambda z, known, m: (1 - m) * z + m * known, "the mask is 1 where new content goes"),
+    "unit3.lora_linear": (lambda x, w, a, b, alpha, r: x @ w.T + (x @ a.T) @ b.T, "scaled by alpha / r"),
+    "unit3.lora_merge": (lambda w, a, b, alpha, r: w + b @ a, "scaled by alpha / r"),
+    "unit3.lora_params": (None, "the UNet itself is frozen"),
+    "unit4.inversion_step": (lambda x, eps, b, a: a.sqrt() * (x - (1 - a).sqrt() * eps) / a.sqrt() + (1 - a).sqrt() * eps,
+                             "x0-hat comes from the current latent"),
+    "unit4.psnr": (lambda x, r: (10 * torch.log10(1 / ((x - r) ** 2).flatten(1).mean(1))).mean(), "scale them to 0..1"),
+    "unit4.inversion_calls": (50, "both directions"),
+    "unit4.hz_to_mel": (lambda f: 2595 * torch.log(1 + f / 700), "log10"),
+    "unit4.mel_filters": (None, "no area normalisation"),
+    "unit4.image_seconds": (0.5, "frames times the hop length"),
+    "unit4.one_step_eps": (lambda z, zt, a, b: (zt - b.sqrt() * z) / (1 - b).sqrt(), "solve for eps"),
+    "unit4.trailing_timesteps": (lambda n: torch.linspace(0, 999, n).round().long().flip(0), "linspace spacing"),
+    "unit4.distilled_calls": (16.0, "count images through the UNet"),
     "unit4.flow_target": (lambda x0, noise: x0 - noise, "points from the data towards the noise"),
     "unit4.euler_step": (lambda x, v, s, s_next: x + (s - s_next) * v, "the step (s_next - s) is negative"),
     "unit4.edm_preconditioning": (None, "c_noise is log(sigma) / 4"),
@@ -84,6 +101,20 @@ def wrong_param_count():
     return len(list(models.load_model("digits-uncond")[0].parameters()))
 
 
+def wrong_lora_count():
+    from coursekit import adapters, stable_diffusion
+
+    pipe = stable_diffusion.load_pipeline("tiny-sd")
+    adapters.add_lora(pipe.unet, rank=4)
+    return sum(p.numel() for p in pipe.unet.parameters())
+
+
+def wrong_mel_filters(n_freqs, n_mels, sample_rate):
+    import torchaudio.functional as AF
+
+    return AF.melscale_fbanks(n_freqs, 0.0, sample_rate / 2, n_mels, sample_rate, norm="slaney", mel_scale="htk")
+
+
 def test_every_exercise_has_a_wrong_answer_tested():
     assert set(WRONG) == set(exercises.EXERCISES)
 
@@ -92,9 +123,10 @@ def test_every_exercise_has_a_wrong_answer_tested():
 def test_a_typical_wrong_answer_gets_its_hint_and_not_the_solution(name):
     answer, hint = WRONG[name]
     answer = {"unit1.snr_steps": wrong_snr_steps(), "unit4.edm_preconditioning": wrong_preconditioning,
-              "unit2.uncond_params": wrong_param_count()}.get(name, answer)
+              "unit2.uncond_params": wrong_param_count(), "unit3.lora_params": wrong_lora_count(),
+              "unit4.mel_filters": wrong_mel_filters}.get(name, answer)
     verdict = exercises.check(name, answer, seed=1)
-    assert not verdict and hint in verdict.message, verdict.message
+    assert not verdict and (hint is None or hint in verdict.message), verdict.message
     ex = exercises.get(name)
     if ex.kind == "value":
         assert str(int(round(float(ex.reference())))) not in verdict.message.replace(str(answer), "")

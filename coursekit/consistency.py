@@ -28,7 +28,6 @@ from __future__ import annotations
 import copy
 
 import torch
-
 import torch.nn.functional as F
 
 from .models import as_predictor, not_finite, null_label

@@ -152,7 +152,8 @@ def test_generic_diagnoses():
 def test_a_notebook_with_exercises_checks_each_of_them_in_its_exercises_section():
     for notebook in sorted({ex.notebook for ex in exercises.EXERCISES.values()}):
         cells = json.loads((ROOT / "units" / notebook).read_text())["cells"]
-        heads = [i for i, c in enumerate(cells) if c["cell_type"] == "markdown" and "".join(c["source"]).startswith("## Exercises")]
+        heads = [i for i, c in enumerate(cells)
+                 if c["cell_type"] == "markdown" and "".join(c["source"]).startswith("## Exercises")]
         assert len(heads) == 1, f"{notebook} needs one '## Exercises' section"
         code = "\n".join("".join(c["source"]) for c in cells[heads[0]:] if c["cell_type"] == "code")
         for ex in exercises.for_notebook(notebook):

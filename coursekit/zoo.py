@@ -459,6 +459,8 @@ def _card(name: str, recipe: Recipe, n_params: int, seconds: float, steps: int, 
                      "values in [-1, 1].")
     rows = "\n".join(f"| {k} | {v} |" for k, v in quality.items())
     lr_schedule = "falling linearly to 0" if recipe.objective == "consistency" else "cosine"
+    timed = (" (the training loop only: drawing the pairs from the teacher comes first and is not included)"
+             if e.get("pairs") else "")
     return f"""---
 library_name: diffusers
 tags: [coursekit, diffusion, small-track]
@@ -472,7 +474,7 @@ tags: [coursekit, diffusion, small-track]
 - **Recipe**: {steps} optimizer steps, batch {recipe.batch_size}, AdamW lr {recipe.lr} ({lr_schedule}, {recipe.warmup} warm-up
   steps), EMA {recipe.ema_decay}, label dropout {recipe.p_uncond}, seed {recipe.seed}.
   Full recipe: `coursekit.zoo.RECIPES[{name!r}]`.
-- **Training time**: {seconds / 60:.1f} minutes on {platform.machine()} CPU, one torch thread.
+- **Training time**: {seconds / 60:.1f} minutes on {platform.machine()} CPU, one torch thread{timed}.
 - **Reproduce**: `coursekit train {name} --out DIR` (`--into-package` replaces this shipped checkpoint)
 
 ## Measured quality

@@ -4,7 +4,10 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.coursekit-installed
 
-.PHONY: install course test lab bench clean
+SITE_VENV := .venv-site
+SITE_STAMP := $(SITE_VENV)/.site-installed
+
+.PHONY: install course test lab bench clean site site-test
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -18,7 +21,7 @@ course: $(STAMP)
 	$(BIN)/coursekit run units --track small --out build
 
 test: $(STAMP)
-	$(BIN)/ruff check coursekit tests benchmarks scripts conftest.py
+	$(BIN)/ruff check coursekit tests benchmarks scripts site conftest.py
 	bash scripts/install_browser.sh
 	$(BIN)/python -m pytest
 
@@ -27,6 +30,24 @@ lab: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run.py
+
+# The course website (Jupyter Book 1 in its own venv, MathJax from npm), from the notebooks executed on
+# the small track: those in build/ from `make course` are reused when newer than their source.
+$(SITE_STAMP): site/requirements.txt
+	test -x $(SITE_VENV)/bin/python || $(PYTHON) -m venv $(SITE_VENV)
+	$(SITE_VENV)/bin/pip install --quiet --upgrade pip
+	$(SITE_VENV)/bin/pip install --quiet -r site/requirements.txt
+	touch $@
+
+site/node_modules/.package-lock.json: site/package.json site/package-lock.json
+	npm ci --prefix site --silent --no-audit --no-fund
+
+site: $(STAMP) $(SITE_STAMP) site/node_modules/.package-lock.json
+	$(BIN)/python scripts/build_site.py --jupyter-book $(SITE_VENV)/bin/jupyter-book
+
+site-test: site
+	bash scripts/install_browser.sh
+	$(BIN)/python -m pytest site/test_site.py
 
 clean:
 	rm -rf build

@@ -1,0 +1,203 @@
+"""Build the course website: Jupyter Book 1 (Sphinx, MyST-NB) from the notebooks executed on the small
+track, offline, with every output, figure, table and audio player in place.
+
+    python scripts/build_site.py --jupyter-book .venv-site/bin/jupyter-book [--executed build] [--out build/site]
+
+Executed notebooks are reused from `--executed` (where `make course` and `coursekit run units --out build`
+put them) when they are newer than their source; the others are executed first with `coursekit run`.
+Each page gets Colab and Kaggle links; an explorer's panel becomes its first picture (taken from the
+widget state the run saved) and a note to open the notebook to use it. MathJax comes from the npm
+package installed under site/node_modules, so the pages load nothing from the network.
+"""
+from __future__ import annotations
+
+import argparse
+import base64
+import html
+import json
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "scripts"))
+from badges import BRANCH, REPO  # noqa: E402
+
+WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
+WIDGET_STATE = "application/vnd.jupyter.widget-state+json"
+EXPLORER_NOTE = ("This is an interactive explorer: its first picture is shown here. Open the notebook in Jupyter, "
+                 "Colab or Kaggle to use it.")
+BADGE = re.compile(r"\[!\[([^\]]*)\]\([^)]*\)\]\(([^)]*)\)")
+
+
+def links(path: str) -> str:
+    """Colab and Kaggle links for a notebook as plain text links (a badge image would need the network)."""
+    src = f"https://github.com/{REPO}/blob/{BRANCH}/{path}"
+    return (f"[Open in Colab](https://colab.research.google.com/github/{REPO}/blob/{BRANCH}/{path}) · "
+            f"[Open in Kaggle](https://kaggle.com/kernels/welcome?src={src}) · [View on GitHub]({src})")
+
+
+def plain_badges(markdown: str) -> str:
+    return BADGE.sub(lambda m: f"[{m.group(1)}]({m.group(2)})", markdown)
+
+
+def notebooks() -> list[Path]:
+    return sorted((ROOT / "units").glob("unit*/*.ipynb"))
+
+
+def executed(executed_dir: Path, coursekit: Path) -> dict[Path, Path]:
+    """{source notebook: its executed copy}, running the stale ones on the small track first."""
+    found = {nb: executed_dir / nb.relative_to(ROOT) for nb in notebooks()}
+    stale = [nb for nb, run in found.items() if not run.exists() or run.stat().st_mtime < nb.stat().st_mtime]
+    if stale:
+        print(f"executing {len(stale)} notebook(s) on the small track ...", flush=True)
+        subprocess.run([str(coursekit), "run", *[str(nb.relative_to(ROOT)) for nb in stale], "--track", "small",
+                        "--out", str(executed_dir)], cwd=ROOT, check=True)
+    missing = [str(run) for run in found.values() if not run.exists()]
+    if missing:
+        raise SystemExit(f"no executed notebook at {', '.join(missing)}")
+    return found
+
+
+def _models(state: dict, model_id: str, seen: set) -> list[dict]:
+    """The widget `model_id` and every widget under it, in the order the panel shows them."""
+    if model_id in seen or model_id not in state:
+        return []
+    seen.add(model_id)
+    model = state[model_id]
+    refs = re.findall(r"IPY_MODEL_([0-9a-f]+)", json.dumps(model["state"]))
+    return [model, *[m for ref in refs for m in _models(state, ref, seen)]]
+
+
+def _static(models: list[dict]) -> list[dict]:
+    """Outputs that stand for a saved widget. A progress bar (tqdm's: text, bar, text in one row) becomes its
+    last line of text, or nothing if it was closed unfinished; an explorer becomes its first picture (when
+    it shows one before any button is pressed) and a note."""
+    top, names = models[0], [m["model_name"] for m in models]
+    if top["model_name"] == "HBoxModel" and any(n in ("FloatProgressModel", "IntProgressModel") for n in names[:6]):
+        texts = [html.unescape(re.sub(r"<[^>]+>", "", m["state"].get("value", ""))).strip()
+                 for m in models if m["model_name"] == "HTMLModel"]
+        count = re.search(r"(\d+)/(\d+)", " ".join(texts))
+        if count and int(count.group(1)) < int(count.group(2)):
+            return []
+        return [{"output_type": "stream", "name": "stderr", "text": " ".join(t for t in texts if t) + "\n"}]
+    pngs = [base64.b64decode(b["data"]) for m in models if m["model_name"] == "ImageModel"
+            for b in m.get("buffers", []) if b.get("path") == ["value"]]
+    shown = [{"output_type": "display_data", "metadata": {}, "data": {"image/png": base64.b64encode(png).decode()}}
+             for png in pngs[:1]]
+    note = {"output_type": "display_data", "metadata": {}, "data": {"text/markdown": f"*{EXPLORER_NOTE}*"}}
+    return shown + [note]
+
+
+def prepare(nb: dict, source: str) -> dict:
+    """The executed notebook as the site shows it: links first, explorers as their first picture and a note,
+    the widget state dropped (the page then loads no widget manager)."""
+    state = nb.get("metadata", {}).pop("widgets", {}).get(WIDGET_STATE, {}).get("state", {})
+    for cell in nb["cells"]:
+        if "outputs" not in cell:
+            continue
+        outputs = []
+        for out in cell["outputs"]:
+            view = out.get("data", {}).get(WIDGET_VIEW)
+            outputs += [out] if view is None else _static(_models(state, view["model_id"], set()))
+        cell["outputs"] = outputs
+    nb["cells"].insert(0, {"cell_type": "markdown", "metadata": {}, "source": links(source), "id": "site-links"})
+    return nb
+
+
+def config(title: str) -> str:
+    return f"""title: {json.dumps(title)}
+author: coursekit
+only_build_toc_files: true
+execute:
+  execute_notebooks: "off"
+html:
+  use_repository_button: true
+  use_issues_button: false
+repository:
+  url: https://github.com/{REPO}
+  branch: {BRANCH}
+launch_buttons:
+  notebook_interface: classic
+  colab_url: https://colab.research.google.com
+  thebe: false
+sphinx:
+  config:
+    mathjax_path: mathjax/tex-chtml.js
+    html_static_path: ["vendor"]
+    nb_ipywidgets_js: {{}}
+    html_context:
+      default_mode: light
+    suppress_warnings: ["myst.header", "myst.xref_missing", "misc.highlighting_failure"]
+"""
+
+
+def source_tree(src: Path, runs: dict[Path, Path]) -> None:
+    if src.exists():
+        shutil.rmtree(src)
+    src.mkdir(parents=True)
+    readme = (ROOT / "README.md").read_text()
+    intro = readme.split("\n## Units", 1)[0]
+    (src / "intro.md").write_text(plain_badges(intro) + "\n\nStart with [Unit 1](unit1/index.md); the "
+                                  "[instructor guide](instructors.md) has timings and workshop checks.\n")
+    (src / "instructors.md").write_text(plain_badges((ROOT / "units" / "README.md").read_text()))
+    chapters = []
+    for unit in sorted((ROOT / "units").glob("unit*/README.md")):
+        name = unit.parent.name
+        (src / name).mkdir()
+        (src / name / "index.md").write_text(plain_badges(unit.read_text()))
+        sections = []
+        for nb, run in runs.items():
+            if nb.parent.name == name:
+                page = prepare(json.loads(run.read_text()), nb.relative_to(ROOT).as_posix())
+                (src / name / nb.name).write_text(json.dumps(page, indent=1))
+                sections.append(f"  - file: {name}/{nb.stem}")
+        chapters.append(f"- file: {name}/index\n  sections:\n" + "\n".join(sections))
+    (src / "_toc.yml").write_text("format: jb-book\nroot: intro\nchapters:\n" + "\n".join(chapters)
+                                  + "\n- file: instructors\n")
+    (src / "_config.yml").write_text(config("coursekit: a hands-on course on diffusion models"))
+    mathjax = ROOT / "site" / "node_modules" / "mathjax" / "es5"
+    if not mathjax.is_dir():
+        raise SystemExit("MathJax is missing: run `npm ci --prefix site` first (make site does)")
+    shutil.copytree(mathjax, src / "vendor" / "mathjax")
+
+
+def once_each_inline_script(html: str) -> str:
+    """Drop repeats of an identical inline <script> line: sphinx-thebe adds its configuration script twice
+    under Jupyter Book 1, and the second `const` declaration is a console error on every page."""
+    seen, lines = set(), []
+    for line in html.split("\n"):
+        key = line.strip()
+        if key.startswith("<script>") and key.endswith("</script>"):
+            if key in seen:
+                continue
+            seen.add(key)
+        lines.append(line)
+    return "\n".join(lines)
+
+
+def main(argv=None) -> Path:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--jupyter-book", required=True, help="the jupyter-book command (make site installs it)")
+    p.add_argument("--executed", default=str(ROOT / "build"), help="folder of executed notebooks (coursekit run --out)")
+    p.add_argument("--out", default=str(ROOT / "build" / "site"))
+    p.add_argument("--coursekit", default=str(Path(sys.executable).with_name("coursekit")))
+    args = p.parse_args(argv)
+    out = Path(args.out)
+    src = out.with_name(out.name + "-src")
+    source_tree(src, executed(Path(args.executed), Path(args.coursekit)))
+    if out.exists():
+        shutil.rmtree(out)
+    subprocess.run([args.jupyter_book, "build", str(src), "--path-output", str(out), "--quiet"],
+                   check=True)
+    html = out / "_build" / "html"
+    for page in html.rglob("*.html"):
+        page.write_text(once_each_inline_script(page.read_text()))
+    print(f"site: {html / 'index.html'}")
+    return html
+
+
+if __name__ == "__main__":
+    main()

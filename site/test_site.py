@@ -95,6 +95,19 @@ def test_explorers_show_a_picture_and_a_note_and_progress_bars_their_last_line(s
     assert browser.execute_script("return document.querySelectorAll('mjx-container').length") > 50
 
 
+def test_audio_players_play_and_tables_render(server, browser):
+    visit(browser, f"{server}/unit4/02_diffusion_for_audio.html")
+    durations = browser.execute_script(
+        "const a = Array.from(document.querySelectorAll('audio')); a.forEach(x => x.load());"
+        "return a.length;")
+    assert durations >= 4, "the audio notebook's players"
+    time.sleep(1)
+    assert browser.execute_script(
+        "return Array.from(document.querySelectorAll('audio')).every(x => x.readyState >= 1 && x.duration > 0)")
+    visit(browser, f"{server}/instructors.html")
+    assert browser.execute_script("return document.querySelectorAll('table tbody tr').length") > 20
+
+
 def test_search_and_a_screenshot_of_a_unit_page(server, browser):
     visit(browser, f"{server}/search.html?q=guidance")
     time.sleep(1.5)

@@ -60,7 +60,7 @@ WRONG = {
     "unit2.class_embedding_params": (1280, "the 'no class' label"),
     "unit3.latent_ratio": (16.0, "count the channels too"),
     "unit3.attention_heads": (lambda q, k, v, h: torch.softmax(q @ k.transpose(-1, -2) / q.shape[-1] ** 0.5, -1) @ v,
-                              None),
+                              "split the width into heads"),
     "unit3.inpaint_blend": (lambda z, known, m: (1 - m) * z + m * known, "the mask is 1 where new content goes"),
     "unit3.lora_linear": (lambda x, w, a, b, alpha, r: x @ w.T + (x @ a.T) @ b.T, "scaled by alpha / r"),
     "unit3.lora_merge": (lambda w, a, b, alpha, r: w + b @ a, "scaled by alpha / r"),
@@ -126,7 +126,7 @@ def test_a_typical_wrong_answer_gets_its_hint_and_not_the_solution(name):
               "unit2.uncond_params": wrong_param_count(), "unit3.lora_params": wrong_lora_count(),
               "unit4.mel_filters": wrong_mel_filters}.get(name, answer)
     verdict = exercises.check(name, answer, seed=1)
-    assert not verdict and (hint is None or hint in verdict.message), verdict.message
+    assert not verdict and hint in verdict.message, verdict.message
     ex = exercises.get(name)
     if ex.kind == "value":
         assert str(int(round(float(ex.reference())))) not in verdict.message.replace(str(answer), "")

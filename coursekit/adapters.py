@@ -86,7 +86,7 @@ def lora_folder(name: str | os.PathLike) -> Path:
         if not (folder / LORA_FILE).is_file():
             raise AdapterError(f"no LoRA file at {folder / LORA_FILE}; write one with coursekit.adapters.save_lora(pipe, folder)")
         return folder
-    if name.count("/") == 1 and not name.startswith((".", "/")):
+    if name.count("/") == 1:
         try:
             return hub.fetch(name, "use the small track (a zoo adapter for 'tiny-sd')", **hub.model_files(name))
         except hub.HubUnavailable as e:

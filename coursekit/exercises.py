@@ -159,18 +159,12 @@ def _edm_calls(steps: int) -> int:
     return edm.function_evaluations(steps)
 
 
-def _snr_steps():
+def _snr_steps(power: float = 1.0):
+    """Steps of the linear schedule below 0.01 of SNR ** power (power 0.5: a ratio of standard deviations)."""
     from diffusers import DDPMScheduler
 
     ab = DDPMScheduler(num_train_timesteps=1000, beta_schedule="linear").alphas_cumprod.double()
-    return int((ab / (1 - ab) < 0.01).sum())
-
-
-def _snr_steps_std():
-    from diffusers import DDPMScheduler
-
-    ab = DDPMScheduler(num_train_timesteps=1000, beta_schedule="linear").alphas_cumprod.double()
-    return int(((ab / (1 - ab)).sqrt() < 0.01).sum())
+    return int(((ab / (1 - ab)) ** power < 0.01).sum())
 
 
 def _flow_inputs(g):
@@ -193,6 +187,13 @@ def _edm(sigma, sigma_data=0.5):
     from . import edm
 
     return edm.preconditioning(sigma, sigma_data)
+
+
+def _edm_with(sigma, which: int, value):
+    """EDM's (c_skip, c_out, c_in, c_noise) with one of them replaced: a typical mistake."""
+    found = list(_edm(sigma))
+    found[which] = value
+    return tuple(found)
 
 
 def _x0_inputs(g):
@@ -230,12 +231,13 @@ def _attention(pixels, tokens, w_q, w_k, w_v, scale=True, dim=-1):
     return torch.softmax(scores, dim=dim) @ v
 
 
-def _zoo_params(name: str, part: str | None = None, rows: int | None = None) -> int:
+def _zoo_params(name: str, part: str | None = None, rows: int | None = None, tensors: bool = False) -> int:
+    """Parameters of a zoo UNet (or of one part's weight, its first `rows`); with `tensors`, how many tensors."""
     from .models import load_model
 
     unet = load_model(name)[0]
     if part is None:
-        return sum(p.numel() for p in unet.parameters())
+        return sum(1 if tensors else p.numel() for p in unet.parameters())
     weight = getattr(unet, part).weight
     return weight[:rows].numel() if rows else weight.numel()
 
@@ -391,7 +393,7 @@ EXERCISES = {ex.name: ex for ex in [
         "below 0.01? Measure it.",
         reference=_snr_steps,
         mistakes=(("SNR is alpha-bar / (1 - alpha-bar), a ratio of variances; you used standard deviations",
-                   _snr_steps_std),),
+                   lambda: _snr_steps(0.5)),),
         hint="SNR_t = alpha-bar_t / (1 - alpha-bar_t); count the t where it is below 0.01", rtol=0, atol=0.5),
     Exercise(
         "unit1.ddim_step", UNIT1,
@@ -431,8 +433,7 @@ EXERCISES = {ex.name: ex for ex in [
         "How many parameters (numbers, not tensors) does the zoo's digits-uncond UNet have? Count them.",
         reference=lambda: _zoo_params("digits-uncond"),
         mistakes=(("count the numbers in each tensor (p.numel()), not the tensors",
-                   lambda: len(list(__import__("coursekit.models", fromlist=["load_model"]).load_model(
-                       "digits-uncond")[0].parameters()))),),
+                   lambda: _zoo_params("digits-uncond", tensors=True)),),
         hint="sum p.numel() over unet.parameters()", rtol=0, atol=0.5),
     Exercise(
         "unit2.cfg", UNIT2_CLASSES,
@@ -605,11 +606,11 @@ EXERCISES = {ex.name: ex for ex in [
         "unit4.edm_preconditioning", UNIT4_NEW,
         "preconditioning(sigma): EDM's (c_skip, c_out, c_in, c_noise) with sigma_data = 0.5, as a tuple.",
         reference=_edm, inputs=_sigmas,
-        mistakes=(("c_noise is log(sigma) / 4", lambda s: (*_edm(s)[:3], s.log())),
+        mistakes=(("c_noise is log(sigma) / 4", lambda s: _edm_with(s, 3, s.log())),
                   ("c_in scales the input to unit variance: divide by the square root of sigma^2 + sigma_data^2",
-                   lambda s: (_edm(s)[0], _edm(s)[1], 1 / (s ** 2 + 0.25), _edm(s)[3])),
+                   lambda s: _edm_with(s, 2, 1 / (s ** 2 + 0.25))),
                   ("c_out is sigma * sigma_data / sqrt(sigma^2 + sigma_data^2)",
-                   lambda s: (_edm(s)[0], s / (s ** 2 + 0.25).sqrt(), *_edm(s)[2:]))),
+                   lambda s: _edm_with(s, 1, s / (s ** 2 + 0.25).sqrt()))),
         hint="return the four as a tuple in the order (c_skip, c_out, c_in, c_noise)"),
     Exercise(
         "unit4.heun_calls", UNIT4_NEW,

@@ -505,9 +505,7 @@ def reevaluate(name: str, folder: str | os.PathLike | None = None, per_class: in
 
         recipe = LCM_RECIPES[name]
         quality = evaluate_lcm(sd.load_pipeline(recipe.base), out, recipe, per_pair=max(1, per_class // 12))
-        (out / "README.md").write_text(_lcm_card(name, recipe, done["steps"], done["train_seconds"], done["threads"],
-                                                 done["trainable_parameters"], quality))
-        (out / "recipe.json").write_text(json.dumps({**done, "quality": quality}, indent=2) + "\n")
+        write_lcm(out, name, recipe, {**done, "quality": quality})
         return quality
     if name in CONTROL_RECIPES:
         from . import adapters
@@ -853,6 +851,14 @@ def evaluate_lcm(pipe, folder, recipe: LcmRecipe, per_pair: int = 4, seed: int =
     return out
 
 
+def write_lcm(out: Path, name: str, recipe: LcmRecipe, record: dict) -> None:
+    """The adapter's card and recipe.json, both from `record` (steps, train_seconds, threads,
+    trainable_parameters, quality and the recipe's fields)."""
+    (out / "README.md").write_text(_lcm_card(name, recipe, record["steps"], record["train_seconds"], record["threads"],
+                                             record["trainable_parameters"], record["quality"]))
+    (out / "recipe.json").write_text(json.dumps(record, indent=2) + "\n")
+
+
 def _lcm_card(name: str, recipe: LcmRecipe, steps: int, seconds: float, threads: int, trainable: int,
               quality: dict) -> str:
     rows = "\n".join(f"| {k} | {v} |" for k, v in quality.items())
@@ -916,11 +922,9 @@ def train_lcm_checkpoint(name: str, out=None, steps: int | None = None, threads:
         adapters.save_lora(pipe, out)
         trainable = adapters.trainable_parameters(pipe.unet)
         quality = evaluate_lcm(sd.load_pipeline(recipe.base), out, recipe) if evaluate_after else {}
-        threads_used = torch.get_num_threads()
-        (out / "README.md").write_text(_lcm_card(name, recipe, steps, result.seconds, threads_used, trainable, quality))
-        (out / "recipe.json").write_text(json.dumps({**asdict(recipe), "name": name, "steps": steps, "quality": quality,
-                                                     "train_seconds": round(result.seconds, 1), "threads": threads_used,
-                                                     "trainable_parameters": trainable}, indent=2) + "\n")
+        write_lcm(out, name, recipe, {**asdict(recipe), "name": name, "steps": steps, "quality": quality,
+                                      "train_seconds": round(result.seconds, 1), "threads": torch.get_num_threads(),
+                                      "trainable_parameters": trainable})
     shutil.rmtree(work, ignore_errors=True)
     return out
 

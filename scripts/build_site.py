@@ -23,7 +23,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))
-from badges import BRANCH, REPO  # noqa: E402
+from badges import BRANCH, REPO, badges  # noqa: E402
 
 WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
 WIDGET_STATE = "application/vnd.jupyter.widget-state+json"
@@ -34,9 +34,7 @@ BADGE = re.compile(r"\[!\[([^\]]*)\]\([^)]*\)\]\(([^)]*)\)")
 
 def links(path: str) -> str:
     """Colab and Kaggle links for a notebook as plain text links (a badge image would need the network)."""
-    src = f"https://github.com/{REPO}/blob/{BRANCH}/{path}"
-    return (f"[Open in Colab](https://colab.research.google.com/github/{REPO}/blob/{BRANCH}/{path}) · "
-            f"[Open in Kaggle](https://kaggle.com/kernels/welcome?src={src}) · [View on GitHub]({src})")
+    return f"{plain_badges(badges(path))} · [View on GitHub](https://github.com/{REPO}/blob/{BRANCH}/{path})"
 
 
 def plain_badges(markdown: str) -> str:

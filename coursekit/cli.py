@@ -66,13 +66,31 @@ def one_line(error: BaseException, line: int = -1, limit: int | None = None) -> 
     return f"{type(error).__name__}: {text[:limit]}" if text else type(error).__name__
 
 
-def run_notebook(path: Path, out: Path, timeout: int = 1800, env: dict | None = None) -> dict:
+def write_executed(nb, out: Path, name: str, mathjax: Path | None = None) -> Path:
+    """Write an executed notebook `name` (.ipynb, as it ran) and its page for reading (.html, see
+    `coursekit.publish`) into `out`; MathJax from `mathjax` (a local copy under the build folder) or the
+    web. Returns the page."""
+    import nbformat
+
+    from . import publish
+
+    out.mkdir(parents=True, exist_ok=True)
+    nbformat.write(nb, out / name)
+    page = out / Path(name).with_suffix(".html").name
+    url = os.path.relpath(mathjax, out).replace(os.sep, "/") if mathjax else publish.CDN_MATHJAX
+    page.write_text(publish.to_html(nb, url), encoding="utf-8")
+    return page
+
+
+def run_notebook(path: Path, out: Path, timeout: int = 1800, env: dict | None = None,
+                 mathjax: Path | None = None, progress: bool = False) -> dict:
     """Execute one notebook in its own folder, its kernel's environment this process's with `env`
-    on top; write .ipynb and .html under `out`."""
+    on top; write .ipynb and .html under `out` (`write_executed`), with a bar over its cells
+    when `progress`."""
     import nbformat
     from nbclient import NotebookClient
     from nbclient.exceptions import CellTimeoutError
-    from nbconvert import HTMLExporter
+    from tqdm.auto import tqdm
 
     try:
         nb = nbformat.read(path, as_version=4)
@@ -80,13 +98,17 @@ def run_notebook(path: Path, out: Path, timeout: int = 1800, env: dict | None = 
         return {"notebook": str(path), "html": None, "seconds": 0.0,
                 "status": f"failed: cannot read the notebook ({one_line(e, 0, 200)}); repair the file or restore it"}
     started: dict = {}
-    client = NotebookClient(nb, timeout=timeout, kernel_name="python3",
+    bar = tqdm(total=sum(c.cell_type == "code" for c in nb.cells), desc=path.name, unit="cell", disable=not progress,
+               leave=True, dynamic_ncols=True)
+    client = NotebookClient(nb, timeout=timeout, kernel_name="python3", record_timing=True,
                             resources={"metadata": {"path": str(path.parent.resolve())}},
-                            on_cell_start=lambda cell, cell_index: started.update(cell=cell, index=cell_index))
+                            on_cell_start=lambda cell, cell_index: started.update(cell=cell, index=cell_index),
+                            on_cell_executed=lambda cell, **_: bar.update(cell.cell_type == "code"))
     began = time.perf_counter()
     status = "ok"
     try:
-        client.execute(env={**os.environ, **(env or {})})
+        with quiet_kernel_transport():
+            client.execute(env={**os.environ, **(env or {})})
     except CellTimeoutError:
         first = (started["cell"].source.strip().splitlines() or [""])[0][:80]
         status = (f"failed: cell {started['index']}: timed out after {timeout} s running `{first}`; "
@@ -96,13 +118,28 @@ def run_notebook(path: Path, out: Path, timeout: int = 1800, env: dict | None = 
                   and any(o.get("output_type") == "error" for o in c.get("outputs", []))]
         where = f"cell {failed[0]}: " if failed else ""
         status = f"failed: {where}{one_line(e)}"
+    finally:
+        bar.close()
     seconds = time.perf_counter() - began
-    out.mkdir(parents=True, exist_ok=True)
-    nbformat.write(nb, out / path.name)
-    body, _ = HTMLExporter().from_notebook_node(nb)
-    (out / path.with_suffix(".html").name).write_text(body, encoding="utf-8")
-    return {"notebook": str(path), "html": str((out / path.with_suffix(".html").name)),
-            "seconds": round(seconds, 1), "status": status}
+    page = write_executed(nb, out, path.name, mathjax)
+    return {"notebook": str(path), "html": str(page), "seconds": round(seconds, 1), "status": status}
+
+
+@contextlib.contextmanager
+def quiet_kernel_transport():
+    """Keep jupyter_client's notice about the kernel's TCP transport (once per kernel) out of the log."""
+    import logging
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*(transport|Transport|tcp|TCP).*")
+        logger = logging.getLogger("traitlets")
+        level = logger.level
+        logger.setLevel(logging.ERROR)
+        try:
+            yield
+        finally:
+            logger.setLevel(level)
 
 
 def _threads() -> int:
@@ -166,17 +203,26 @@ def cmd_run(args) -> int:
                            "such as `coursekit run units`")
     track = "full" if rehearse else args.track
     env = {"COURSEKIT_TRACK": track} if track else {}
+    mathjax = None
+    if getattr(args, "mathjax", None):
+        from . import publish
+
+        try:
+            mathjax = publish.copy_mathjax(args.mathjax, out)
+        except FileNotFoundError as e:
+            raise CommandError(f"--mathjax: {e}") from None
     results = []
     with contextlib.ExitStack() as stack:
         if rehearse:
             print("writing stand-ins of the full track's Hub repos ...", flush=True)
             scratch = stack.enter_context(tempfile.TemporaryDirectory(prefix="coursekit-rehearsal-"))
             env = rehearsal_env(Path(scratch))
-        for nb in notebooks:
+        for i, nb in enumerate(notebooks, 1):
             target = out / nb.parent.relative_to(nb.parent.anchor) if nb.is_absolute() else out / nb.parent
-            print(f"running {nb} ...", flush=True)
-            r = run_notebook(nb, target, timeout=args.timeout, env=env)
-            print(f"  {r['status']} in {r['seconds']:.1f} s -> {r['html']}", flush=True)
+            print(f"[{i}/{len(notebooks)}] {nb}", flush=True)
+            r = run_notebook(nb, target, timeout=args.timeout, env=env, mathjax=mathjax,
+                             progress=not getattr(args, "quiet", False))
+            print(f"[{i}/{len(notebooks)}] {r['status']} in {r['seconds']:.1f} s -> {r['html']}", flush=True)
             results.append(r)
     index = write_index(results, out, "full (rehearsal)" if rehearse else track or "auto")
     print(f"index: {index}")
@@ -382,6 +428,9 @@ def add_commands(sub) -> None:
                      help="run the full track's code on this CPU, offline, with stand-ins of its Hub repos")
     run.add_argument("--out", default="build", help="output folder (default: build)")
     run.add_argument("--timeout", type=int, default=1800, help="seconds allowed per cell")
+    run.add_argument("--mathjax", help="a local MathJax 3 es5 folder to copy into --out, so the pages typeset "
+                                       "maths offline (default: MathJax from the web)")
+    run.add_argument("--quiet", action="store_true", help="no progress bar over each notebook's cells")
     run.set_defaults(run=cmd_run)
     doc = sub.add_parser("doctor", help="what this machine can run, notebook by notebook")
     doc.add_argument("paths", nargs="*", help="notebooks or folders (default: units, when present)")

@@ -12,8 +12,6 @@ package installed under site/node_modules, so the pages load nothing from the ne
 from __future__ import annotations
 
 import argparse
-import base64
-import html
 import json
 import re
 import shutil
@@ -25,10 +23,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))
 from badges import BRANCH, REPO, badges  # noqa: E402
 
-WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
-WIDGET_STATE = "application/vnd.jupyter.widget-state+json"
-EXPLORER_NOTE = ("This is an interactive explorer: its first picture is shown here. Open the notebook in Jupyter, "
-                 "Colab or Kaggle to use it.")
+from coursekit.publish import EXPLORER_NOTE, WIDGET_STATE, WIDGET_VIEW, for_reading  # noqa: E402,F401
+
 BADGE = re.compile(r"\[!\[([^\]]*)\]\([^)]*\)\]\(([^)]*)\)")
 
 
@@ -59,48 +55,10 @@ def executed(executed_dir: Path, coursekit: Path) -> dict[Path, Path]:
     return found
 
 
-def _models(state: dict, model_id: str, seen: set) -> list[dict]:
-    """The widget `model_id` and every widget under it, in the order the panel shows them."""
-    if model_id in seen or model_id not in state:
-        return []
-    seen.add(model_id)
-    model = state[model_id]
-    refs = re.findall(r"IPY_MODEL_([0-9a-f]+)", json.dumps(model["state"]))
-    return [model, *[m for ref in refs for m in _models(state, ref, seen)]]
-
-
-def _static(models: list[dict]) -> list[dict]:
-    """Outputs that stand for a saved widget. A progress bar (tqdm's: text, bar, text in one row) becomes its
-    last line of text, or nothing if it was closed unfinished; an explorer becomes its first picture (when
-    it shows one before any button is pressed) and a note."""
-    top, names = models[0], [m["model_name"] for m in models]
-    if top["model_name"] == "HBoxModel" and any(n in ("FloatProgressModel", "IntProgressModel") for n in names[:6]):
-        texts = [html.unescape(re.sub(r"<[^>]+>", "", m["state"].get("value", ""))).strip()
-                 for m in models if m["model_name"] == "HTMLModel"]
-        count = re.search(r"(\d+)/(\d+)", " ".join(texts))
-        if count and int(count.group(1)) < int(count.group(2)):
-            return []
-        return [{"output_type": "stream", "name": "stderr", "text": " ".join(t for t in texts if t) + "\n"}]
-    pngs = [base64.b64decode(b["data"]) for m in models if m["model_name"] == "ImageModel"
-            for b in m.get("buffers", []) if b.get("path") == ["value"]]
-    shown = [{"output_type": "display_data", "metadata": {}, "data": {"image/png": base64.b64encode(png).decode()}}
-             for png in pngs[:1]]
-    note = {"output_type": "display_data", "metadata": {}, "data": {"text/markdown": f"*{EXPLORER_NOTE}*"}}
-    return shown + [note]
-
-
 def prepare(nb: dict, source: str) -> dict:
-    """The executed notebook as the site shows it: links first, explorers as their first picture and a note,
-    the widget state dropped (the page then loads no widget manager)."""
-    state = nb.get("metadata", {}).pop("widgets", {}).get(WIDGET_STATE, {}).get("state", {})
-    for cell in nb["cells"]:
-        if "outputs" not in cell:
-            continue
-        outputs = []
-        for out in cell["outputs"]:
-            view = out.get("data", {}).get(WIDGET_VIEW)
-            outputs += [out] if view is None else _static(_models(state, view["model_id"], set()))
-        cell["outputs"] = outputs
+    """The executed notebook as the site shows it: links first, then the notebook for reading
+    (`coursekit.publish.for_reading`: explorers as their first picture and a note, no widget state)."""
+    nb = for_reading(nb)
     nb["cells"].insert(0, {"cell_type": "markdown", "metadata": {}, "source": links(source), "id": "site-links"})
     return nb
 

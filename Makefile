@@ -1,4 +1,6 @@
-# Two commands set everything up on a fresh machine with Python 3.11: `make course`, `make test`.
+# Two commands set everything up on a fresh machine with Python 3.11 and Node.js: `make course`, `make test`.
+# Each executes every notebook once on the small track and keeps the executed copies, their pages (maths
+# typeset offline with the MathJax from site/node_modules) and run.json in build/; `make site` reuses them.
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
@@ -17,13 +19,17 @@ $(STAMP): pyproject.toml constraints.txt
 
 install: $(STAMP)
 
-course: $(STAMP)
-	$(BIN)/coursekit run units --track small --out build
+MATHJAX := site/node_modules/mathjax/es5
+SITE_ARGS ?=
 
-test: $(STAMP)
+course: $(STAMP) site/node_modules/.package-lock.json
+	$(BIN)/coursekit run units --track small --out build --mathjax $(MATHJAX)
+
+# Unit tests, the notebooks (nbval, once each, into build/) and the full-track rehearsal on two workers.
+test: $(STAMP) site/node_modules/.package-lock.json
 	$(BIN)/ruff check coursekit tests benchmarks scripts site conftest.py
 	bash scripts/install_browser.sh
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n 2 --dist loadfile
 
 lab: $(STAMP)
 	$(BIN)/jupyter lab units
@@ -32,7 +38,8 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/run.py
 
 # The course website (Jupyter Book 1 in its own venv, MathJax from npm), from the notebooks executed on
-# the small track: those in build/ from `make course` are reused when newer than their source.
+# the small track: those in build/ from `make test` or `make course` are reused when newer than their
+# source (SITE_ARGS=--no-execute: always, and never execute one).
 $(SITE_STAMP): site/requirements.txt
 	test -x $(SITE_VENV)/bin/python || $(PYTHON) -m venv $(SITE_VENV)
 	$(SITE_VENV)/bin/pip install --quiet --upgrade pip
@@ -43,7 +50,7 @@ site/node_modules/.package-lock.json: site/package.json site/package-lock.json
 	npm ci --prefix site --silent --no-audit --no-fund
 
 site: $(STAMP) $(SITE_STAMP) site/node_modules/.package-lock.json
-	$(BIN)/python scripts/build_site.py --jupyter-book $(SITE_VENV)/bin/jupyter-book
+	$(BIN)/python scripts/build_site.py --jupyter-book $(SITE_VENV)/bin/jupyter-book $(SITE_ARGS)
 
 site-test: site
 	bash scripts/install_browser.sh

@@ -46,3 +46,28 @@ def pytest_sessionfinish(session, exitstatus):
     if attempts.strip():
         print("\nNetwork access outside loopback was attempted during the test run:\n" + attempts, file=sys.stderr)
         session.exitstatus = 1
+
+
+def _expected_minutes() -> dict[str, float]:
+    """Each notebook's small-track minutes in the instructor guide's table (committed, so every worker
+    reads the same order)."""
+    import re
+
+    guide = (ROOT / "units" / "README.md").read_text()
+    return {name: float(m) for name, m in re.findall(r"^\| `(unit[^`]+\.ipynb)` \| ([\d.]+) min", guide, re.M)}
+
+
+def pytest_collection_modifyitems(session, config, items):
+    """Longest first, so that two workers finish together: the rehearsal, then the notebooks from the
+    slowest, then the unit tests in their order."""
+    minutes = _expected_minutes()
+
+    def key(item):
+        path = Path(str(item.path))
+        if path.name == "test_rehearsal.py":
+            return (0, 0.0)
+        if path.suffix == ".ipynb":
+            return (1, -minutes.get(f"{path.parent.name}/{path.name}", 5.0))
+        return (2, 0.0)
+
+    items.sort(key=key)

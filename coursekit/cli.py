@@ -99,16 +99,17 @@ def run_notebook(path: Path, out: Path, timeout: int = 1800, env: dict | None = 
                 "status": f"failed: cannot read the notebook ({one_line(e, 0, 200)}); repair the file or restore it"}
     started: dict = {}
     bar = tqdm(total=sum(c.cell_type == "code" for c in nb.cells), desc=path.name, unit="cell", disable=not progress,
-               leave=True, dynamic_ncols=True)
+               leave=True, dynamic_ncols=True, mininterval=1.0)
+    # the kernel's own log at ERROR: its notice about TCP without encryption (on loopback) is not for the log
     client = NotebookClient(nb, timeout=timeout, kernel_name="python3", record_timing=True,
+                            extra_arguments=["--IPKernelApp.log_level=ERROR"],
                             resources={"metadata": {"path": str(path.parent.resolve())}},
                             on_cell_start=lambda cell, cell_index: started.update(cell=cell, index=cell_index),
                             on_cell_executed=lambda cell, **_: bar.update(cell.cell_type == "code"))
     began = time.perf_counter()
     status = "ok"
     try:
-        with quiet_kernel_transport():
-            client.execute(env={**os.environ, **(env or {})})
+        client.execute(env={**os.environ, **(env or {})})
     except CellTimeoutError:
         first = (started["cell"].source.strip().splitlines() or [""])[0][:80]
         status = (f"failed: cell {started['index']}: timed out after {timeout} s running `{first}`; "
@@ -123,23 +124,6 @@ def run_notebook(path: Path, out: Path, timeout: int = 1800, env: dict | None = 
     seconds = time.perf_counter() - began
     page = write_executed(nb, out, path.name, mathjax)
     return {"notebook": str(path), "html": str(page), "seconds": round(seconds, 1), "status": status}
-
-
-@contextlib.contextmanager
-def quiet_kernel_transport():
-    """Keep jupyter_client's notice about the kernel's TCP transport (once per kernel) out of the log."""
-    import logging
-    import warnings
-
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*(transport|Transport|tcp|TCP).*")
-        logger = logging.getLogger("traitlets")
-        level = logger.level
-        logger.setLevel(logging.ERROR)
-        try:
-            yield
-        finally:
-            logger.setLevel(level)
 
 
 def _threads() -> int:
@@ -172,6 +156,17 @@ def write_index(results: list[dict], out: Path, track: str) -> Path:
 
 REHEARSAL_ENV = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
                  "COURSEKIT_TRACK": "full", "COURSEKIT_REHEARSE": "1"}
+
+
+def rehearsal_sizes(path) -> dict:
+    """The sizes a notebook's rehearsal runs at where they differ from the scaling rule (a step or two, a
+    sample or two): its metadata `coursekit.rehearsal`, or nothing for an unreadable notebook."""
+    import nbformat
+
+    try:
+        return dict(nbformat.read(str(path), as_version=4).metadata.get("coursekit", {}).get("rehearsal", {}))
+    except Exception:  # an unreadable notebook fails in run_notebook, with the reason
+        return {}
 
 
 def rehearsal_env(home: Path) -> dict:
@@ -220,7 +215,8 @@ def cmd_run(args) -> int:
         for i, nb in enumerate(notebooks, 1):
             target = out / nb.parent.relative_to(nb.parent.anchor) if nb.is_absolute() else out / nb.parent
             print(f"[{i}/{len(notebooks)}] {nb}", flush=True)
-            r = run_notebook(nb, target, timeout=args.timeout, env=env, mathjax=mathjax,
+            sizes = {"COURSEKIT_REHEARSAL_SIZES": json.dumps(rehearsal_sizes(nb))} if rehearse else {}
+            r = run_notebook(nb, target, timeout=args.timeout, env={**env, **sizes}, mathjax=mathjax,
                              progress=not getattr(args, "quiet", False))
             print(f"[{i}/{len(notebooks)}] {r['status']} in {r['seconds']:.1f} s -> {r['html']}", flush=True)
             results.append(r)

@@ -71,6 +71,19 @@ def _total(v) -> int:
     return sum(_total(x) if _ints(x) else x for x in values)
 
 
+REHEARSAL_SIZES_ENV = "COURSEKIT_REHEARSAL_SIZES"
+
+
+def rehearsal_sizes() -> dict:
+    """The sizes a rehearsal runs a notebook at, where `rehearsal_value`'s rule would run more than its
+    code paths need: {setting: value} from the notebook's metadata `coursekit.rehearsal`, which
+    `coursekit run --rehearse` hands its kernel (as JSON in COURSEKIT_REHEARSAL_SIZES)."""
+    import json
+
+    text = os.environ.get(REHEARSAL_SIZES_ENV, "").strip()
+    return json.loads(text) if text else {}
+
+
 def rehearsal_value(small, full):
     """A full-track setting scaled down for a rehearsal, by one rule: a count (an integer:
     steps, samples, batch size, image size) becomes the smaller of its two values; a collection
@@ -185,27 +198,35 @@ class Settings:
         self.track = track
         self.rehearsal = track == "full" and rehearsing()
         self.device = device() if track == "full" and not self.rehearsal else "cpu"
+        self._sizes = rehearsal_sizes() if self.rehearsal else {}
+        unknown = sorted(set(self._sizes) - set(self._rows))
+        if unknown:
+            raise TrackError(f"the rehearsal sizes name settings this notebook lacks: {', '.join(unknown)}; "
+                             "correct the notebook's metadata coursekit.rehearsal")
 
-    def _value(self, row: _Row):
+    def _value(self, key: str):
+        row = self._rows[key]
         if self.track == "small":
             return row.small
-        return rehearsal_value(row.small, row.full) if self.rehearsal else row.full
+        if not self.rehearsal:
+            return row.full
+        return self._sizes[key] if key in self._sizes else rehearsal_value(row.small, row.full)
 
     def __getattr__(self, key: str):
         rows = self.__dict__.get("_rows", {})
         if key not in rows:
             raise AttributeError(f"no setting {key!r}; known: {', '.join(rows)}")
-        return self._value(rows[key])
+        return self._value(key)
 
     def as_dict(self) -> dict:
-        return {k: self._value(r) for k, r in self._rows.items()}
+        return {k: self._value(k) for k in self._rows}
 
     def table(self) -> str:
         """The settings as a text table, the active column marked with '*'."""
         full = "full (rehearsal)" if self.rehearsal else "full"
         head = ["setting", "small" + (" *" if self.track == "small" else ""),
                 full + (" *" if self.track == "full" else "")]
-        body = [[k, str(r.small), str(self._value(r) if self.rehearsal else r.full)] for k, r in self._rows.items()]
+        body = [[k, str(r.small), str(self._value(k) if self.rehearsal else r.full)] for k, r in self._rows.items()]
         widths = [max(len(row[i]) for row in [head] + body) for i in range(3)]
         lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in [head] + body]
         lines.insert(1, "  ".join("-" * w for w in widths))

@@ -3,8 +3,9 @@ track, offline, with every output, figure, table and audio player in place.
 
     python scripts/build_site.py --jupyter-book .venv-site/bin/jupyter-book [--executed build] [--out build/site]
 
-Executed notebooks are reused from `--executed` (where `make course` and `coursekit run units --out build`
-put them) when they are newer than their source; the others are executed first with `coursekit run`.
+Executed notebooks are reused from `--executed` (where `make test`, `make course` and `coursekit run units
+--out build` put them) when they are newer than their source; the others are executed first with
+`coursekit run` (never with --no-execute, which the site workflow uses on the CPU workflow's build/).
 Each page gets Colab and Kaggle links; an explorer's panel becomes its first picture (taken from the
 widget state the run saved) and a note to open the notebook to use it. MathJax comes from the npm
 package installed under site/node_modules, so the pages load nothing from the network.
@@ -41,17 +42,18 @@ def notebooks() -> list[Path]:
     return sorted((ROOT / "units").glob("unit*/*.ipynb"))
 
 
-def executed(executed_dir: Path, coursekit: Path) -> dict[Path, Path]:
-    """{source notebook: its executed copy}, running the stale ones on the small track first."""
+def executed(executed_dir: Path, coursekit: Path, execute: bool = True) -> dict[Path, Path]:
+    """{source notebook: its executed copy}, running the stale ones on the small track first (with
+    `execute`; without it every copy found is used, whatever its age, and a missing one stops the build)."""
     found = {nb: executed_dir / nb.relative_to(ROOT) for nb in notebooks()}
     stale = [nb for nb, run in found.items() if not run.exists() or run.stat().st_mtime < nb.stat().st_mtime]
-    if stale:
+    if stale and execute:
         print(f"executing {len(stale)} notebook(s) on the small track ...", flush=True)
         subprocess.run([str(coursekit), "run", *[str(nb.relative_to(ROOT)) for nb in stale], "--track", "small",
                         "--out", str(executed_dir)], cwd=ROOT, check=True)
     missing = [str(run) for run in found.values() if not run.exists()]
     if missing:
-        raise SystemExit(f"no executed notebook at {', '.join(missing)}")
+        raise SystemExit(f"no executed notebook at {', '.join(missing)}: run `make test` or `make course` first")
     return found
 
 
@@ -140,10 +142,11 @@ def main(argv=None) -> Path:
     p.add_argument("--executed", default=str(ROOT / "build"), help="folder of executed notebooks (coursekit run --out)")
     p.add_argument("--out", default=str(ROOT / "build" / "site"))
     p.add_argument("--coursekit", default=str(Path(sys.executable).with_name("coursekit")))
+    p.add_argument("--no-execute", action="store_true", help="use the executed notebooks found, execute none")
     args = p.parse_args(argv)
     out = Path(args.out)
     src = out.with_name(out.name + "-src")
-    source_tree(src, executed(Path(args.executed), Path(args.coursekit)))
+    source_tree(src, executed(Path(args.executed), Path(args.coursekit), execute=not args.no_execute))
     if out.exists():
         shutil.rmtree(out)
     subprocess.run([args.jupyter_book, "build", str(src), "--path-output", str(out), "--quiet"],

@@ -100,3 +100,45 @@ def save_tiny_stable_diffusion(folder):
                                    safety_checker=None, feature_extractor=None, requires_safety_checker=False)
     pipe.save_pretrained(folder, safe_serialization=True)
     return folder
+
+
+def offline_chromium(width: int = 1280, height: int = 1600):
+    """Headless Debian Chromium driven by selenium, with the network cut: every host name but localhost
+    fails to resolve and everything else goes to a closed proxy port, so a page shows only what it
+    carries or loads from 127.0.0.1. Needs `bash scripts/install_browser.sh` (make test runs it)."""
+    import shutil
+
+    from selenium import webdriver
+    from selenium.webdriver.chrome.options import Options
+    from selenium.webdriver.chrome.service import Service
+
+    for tool in ("chromium", "chromedriver"):
+        assert shutil.which(tool), f"{tool} is missing: run `bash scripts/install_browser.sh` (make test does)"
+    options = Options()
+    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 f"--window-size={width},{height}", "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE localhost",
+                 "--proxy-server=http://127.0.0.1:9", "--proxy-bypass-list=127.0.0.1;localhost"):
+        options.add_argument(flag)
+    options.binary_location = shutil.which("chromium")
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    return webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=options)
+
+
+def typeset(browser, url: str, wait: float = 30.0) -> dict:
+    """Open `url` and wait for MathJax to finish: how many formulas it typeset, how many `$` are left in
+    the text, and the console's errors."""
+    import time
+
+    browser.get_log("browser")
+    browser.get(url)
+    deadline = time.time() + wait
+    while time.time() < deadline and not browser.execute_script(
+            "return document.readyState === 'complete' && !!(window.MathJax && MathJax.startup && MathJax.startup.promise)"):
+        time.sleep(0.2)
+    if browser.execute_script("return !!(window.MathJax && MathJax.startup && MathJax.startup.promise)"):
+        browser.execute_async_script("const done = arguments[arguments.length - 1]; MathJax.startup.promise.then(() => done(1));")
+    return {"formulas": browser.execute_script("return document.querySelectorAll('mjx-container').length"),
+            "dollars": browser.execute_script("return (document.body.innerText.match(/\\$/g) || []).length"),
+            "errors": [e["message"] for e in browser.get_log("browser")
+                       if e["level"] == "SEVERE" and "favicon.ico" not in e["message"]]}

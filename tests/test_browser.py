@@ -132,3 +132,54 @@ def test_explorer_slider_changes_the_picture_in_jupyterlab(lab, browser, tmp_pat
     assert h > 100 and w > 100, f"the picture is not on screen ({after.shape}, {before.shape})"
     assert np.abs(after[:h, :w] - before[:h, :w]).mean() > 5, "the picture on screen did not change"
     assert after.std() > before.std() * 0.5, "at t=900 the digits are mostly noise, still a picture"
+
+
+MATHS = "The forward process keeps $\\sqrt{\\bar\\alpha_t}$ of the image:\n\n$$x_t = \\sqrt{\\bar\\alpha_t}\\,x_0 + \\sqrt{1-\\bar\\alpha_t}\\,\\epsilon$$"
+
+
+def test_course_pages_typeset_maths_and_show_explorers_with_the_network_cut(tmp_path):
+    """`coursekit run --mathjax` (what `make course` runs) writes pages that need no network: MathJax from
+    the build folder, no require.js or widget manager, an explorer shown as its first picture."""
+    import functools
+    import http.server
+    import threading
+
+    from nbformat.v4 import new_markdown_cell
+
+    from coursekit import cli, publish
+    from tests.helpers import offline_chromium, typeset
+
+    mathjax = ROOT / "site" / "node_modules" / "mathjax" / "es5"
+    assert (mathjax / "tex-chtml-full.js").is_file(), "MathJax is missing: run `npm ci --prefix site` (make test does)"
+    nb = new_notebook(cells=[new_markdown_cell(MATHS), new_code_cell(EXPLORER)])
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    (tmp_path / "units").mkdir()
+    nbformat.write(nb, tmp_path / "units" / "maths.ipynb")
+    out = tmp_path / "build"
+    args = type("A", (), {"paths": [str(tmp_path / "units")], "track": "small", "rehearse": False, "out": str(out),
+                          "timeout": 300, "mathjax": str(mathjax), "quiet": True})()
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    assert cli.cmd_run(args) == 0
+    page = next(out.rglob("maths.html"))
+    source = page.read_text()
+    assert "require.min.js" not in source and "widget-view" not in source and "cdn" not in source.lower()
+    assert publish.EXPLORER_NOTE in source
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(out))
+    handler.log_message = lambda *args: None
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    browser = offline_chromium()
+    try:
+        seen = typeset(browser, f"http://127.0.0.1:{httpd.server_address[1]}/{page.relative_to(out).as_posix()}")
+        pictures = browser.execute_script("return Array.from(document.images).filter(i => i.naturalWidth > 0).length")
+        # the same page with MathJax from the web, as a learner's `coursekit run` without --mathjax writes it
+        (page.parent / "web.html").write_text(source.replace(
+            os.path.relpath(out / "_static" / "mathjax" / "tex-chtml-full.js", page.parent), publish.CDN_MATHJAX))
+        cut = typeset(browser, f"http://127.0.0.1:{httpd.server_address[1]}/"
+                               f"{(page.parent / 'web.html').relative_to(out).as_posix()}", wait=5)
+    finally:
+        browser.quit()
+        httpd.shutdown()
+    assert seen["formulas"] == 2 and seen["dollars"] == 0 and not seen["errors"], seen
+    assert pictures >= 1, "the explorer's first picture"
+    assert cut["formulas"] == 0 and cut["dollars"] > 0, "the browser really is cut off from the web"

@@ -232,6 +232,11 @@ def test_rehearsal_runs_the_full_track_code_on_stand_ins_and_restores_the_enviro
     assert stdout[0].split()[:4] == ["full", "True", "cpu", "5"], "counts scaled down"
     assert stdout[1].split()[:2] == ["UNet2DModel", "32"]
     assert {k: os.environ.get(k) for k in before} == before
+    sized = nbformat.read(nb, 4)
+    sized.metadata["coursekit"] = {"rehearsal": {"steps": 2}}
+    nbformat.write(sized, nb)
+    code, _, executed = _rehearse(monkeypatch, tmp_path, nb, ["google/ddpm-cat-256", "ylecun/mnist"])
+    assert code == 0 and executed.cells[0].outputs[0]["text"].split()[3] == "2", "the notebook's rehearsal sizes"
 
 
 def test_rehearsal_names_the_notebook_and_cell_of_a_failing_full_track_cell(tmp_path, monkeypatch):

@@ -128,6 +128,28 @@ def test_a_rehearsal_runs_the_full_track_on_the_cpu_with_scaled_settings(monkeyp
     assert tracks.Settings(model=("digits-uncond", "org/model"), steps=(25, 50)).steps == 50
 
 
+def test_a_rehearsal_takes_the_notebooks_own_sizes_and_refuses_unknown_ones(monkeypatch):
+    """A notebook's metadata coursekit.rehearsal (handed over by `coursekit run --rehearse`) sets the sizes that
+    only need to reach each code path; the rest follow the rule; the small and full tracks never see them."""
+    monkeypatch.setenv("COURSEKIT_TRACK", "full")
+    monkeypatch.setenv("COURSEKIT_REHEARSE", "1")
+    monkeypatch.setenv("COURSEKIT_REHEARSAL_SIZES", '{"steps": 2, "prompts": ["a", "b"]}')
+    monkeypatch.setattr(tracks, "device", lambda: "cpu")
+    monkeypatch.setattr(hub, "is_cached", lambda repo, kind="model": True)
+    rows = dict(model=("digits-uncond", "org/model"), steps=(25, 50), n=(8, 16), prompts=(("x",) * 4, ("y",) * 6))
+    S = tracks.Settings(**rows)
+    assert (S.steps, S.n, S.prompts) == (2, 8, ["a", "b"])
+    assert "2" in S.table().splitlines()[3]
+    with pytest.raises(tracks.TrackError, match="lacks: lr"):
+        monkeypatch.setenv("COURSEKIT_REHEARSAL_SIZES", '{"lr": 0.1}')
+        tracks.Settings(**rows)
+    monkeypatch.setenv("COURSEKIT_REHEARSE", "0")
+    monkeypatch.setattr(tracks, "device", lambda: "cuda")
+    assert tracks.Settings(**rows).steps == 50
+    monkeypatch.setenv("COURSEKIT_TRACK", "small")
+    assert tracks.Settings(**rows).steps == 25
+
+
 def test_mps_gets_the_small_track_unless_the_full_one_is_asked_for(monkeypatch):
     monkeypatch.delenv("COURSEKIT_TRACK", raising=False)
     monkeypatch.delenv("COURSEKIT_REHEARSE", raising=False)

@@ -132,7 +132,10 @@ def _threads() -> int:
     return torch.get_num_threads()
 
 
-def write_index(results: list[dict], out: Path, track: str) -> Path:
+def write_index(results: list[dict], out: Path, track: str, threads: int | None = None,
+                side_by_side: int = 1) -> Path:
+    """The index page and run.json of executed notebooks; `threads` the torch threads each kernel had
+    (this process's by default) and `side_by_side` how many notebooks ran at once."""
     def name(r: dict) -> str:
         if not r["html"]:
             return html.escape(r["notebook"])
@@ -149,7 +152,9 @@ def write_index(results: list[dict], out: Path, track: str) -> Path:
 """
     out.mkdir(parents=True, exist_ok=True)
     (out / "index.html").write_text(page, encoding="utf-8")
-    machine = f"{platform.machine()}, {os.cpu_count()} cores, torch threads {_threads()}, {time.strftime('%Y-%m-%d')}"
+    at_once = f", {side_by_side} notebooks at a time" if side_by_side > 1 else ""
+    machine = (f"{platform.machine()}, {os.cpu_count()} cores, torch threads {threads or _threads()}{at_once}, "
+               f"{time.strftime('%Y-%m-%d')}")
     (out / "run.json").write_text(json.dumps({"track": track, "machine": machine, "notebooks": results}, indent=2) + "\n")
     return out / "index.html"
 

@@ -15,16 +15,18 @@ COMPARED = {
 }
 
 
-def compare(nfes=(1, 2, 4, 8, 16, 32), per_class: int = 10, methods=None, seed: int = 1, progress: bool = True) -> list:
+def compare(nfes=(1, 2, 4, 8, 16, 32), per_class: int = 10, methods=None, seed: int = 1, progress: bool = True,
+            judge=None) -> list:
     """Every method of `COMPARED` at each number of function evaluations (network calls per sample,
     a guided call counted once): one row (method, nfe, seconds, accuracy by the digit judge, FD in
     its feature space, pixel FD at 16x16) per setting that the method can run. Same labels and
     starting noise for all. Heun spends 2n - 1 calls on n steps, so EDM runs at odd counts; cold
-    diffusion has 16 levels, progressive students exist for 1 to 32 steps."""
+    diffusion has 16 levels, progressive students exist for 1 to 32 steps. `judge`: an already fit
+    `metrics.digit_judge(16)` to reuse (fitting one takes seconds)."""
     import torch
     from tqdm.auto import tqdm
 
-    judge = metrics.digit_judge(16)
+    judge = judge or metrics.digit_judge(16)
     real, _ = zoo.training_images(zoo.RECIPES["digits-cond"])
     labels = torch.arange(10).repeat_interleave(per_class)
     rows, loaded = [], {}

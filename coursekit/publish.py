@@ -87,6 +87,7 @@ window.MathJax = {tex: {inlineMath: [['$', '$'], ['\\\\(', '\\\\)']], displayMat
 
 TEMPLATE = """{%- extends 'lab/index.html.j2' -%}
 {%- block html_head_js_requirejs -%}{%- endblock html_head_js_requirejs -%}
+{%- block html_head_js_mermaidjs -%}{%- endblock html_head_js_mermaidjs -%}
 {%- block html_head_js_mathjax -%}
 """ + MATHJAX_CONFIG + """
 <script id="MathJax-script" src="{{ resources.mathjax_url }}"></script>
@@ -98,7 +99,8 @@ CDN_MATHJAX = "https://cdn.jsdelivr.net/npm/mathjax@3.2.2/es5/tex-chtml-full.js"
 
 def to_html(nb: dict, mathjax_url: str = CDN_MATHJAX) -> str:
     """The notebook as one HTML page for reading (`for_reading`), with MathJax 3 from `mathjax_url` (a path
-    relative to the page for offline reading, see `copy_mathjax`) and no require.js."""
+    relative to the page for offline reading, see `copy_mathjax`), and without the scripts nbconvert's
+    page loads from the web (require.js, the widget manager, mermaid), which the course does not need."""
     import jinja2
     import nbformat
     from nbconvert import HTMLExporter

@@ -253,12 +253,19 @@ def _rng():
 
 def _parquet(folder: Path, path: str, columns: dict, features, casts: dict | None = None) -> None:
     from datasets import Dataset
+    from datasets.utils import logging as dlog
 
     ds = Dataset.from_dict(columns, features=features)
     for column, feature in (casts or {}).items():
         ds = ds.cast_column(column, feature)
     (folder / path).parent.mkdir(parents=True, exist_ok=True)
-    ds.to_parquet(str(folder / path))
+    bars = dlog.is_progress_bar_enabled()
+    dlog.disable_progress_bar()      # a bar per tiny file only clutters the rehearsal's log
+    try:
+        ds.to_parquet(str(folder / path))
+    finally:
+        if bars:
+            dlog.enable_progress_bar()
 
 
 def _image_bytes(array, fmt: str) -> dict:

@@ -1,8 +1,9 @@
 """The built course website in headless Chromium: every page loads with no console error and no broken
 image, the maths is typeset, each notebook page shows its figures, and explorers show a picture and a note.
 
-Run by `make site-test` after `make site` (not part of `make test`: building the site executes every
-notebook first). SITE points at another build: SITE=build/site/_build/html.
+Run by `make site-test` after `make site`, in a browser cut off from the network. SITE points at another
+build: SITE=build/site/_build/html. The course's own pages in build/ (written by `make test` or `make course`
+with the notebooks they executed) are checked the same way.
 """
 import functools
 import http.server
@@ -35,18 +36,9 @@ def server():
 
 @pytest.fixture(scope="module")
 def browser():
-    from selenium import webdriver
-    from selenium.webdriver.chrome.options import Options
-    from selenium.webdriver.chrome.service import Service
+    from tests.helpers import offline_chromium
 
-    options = Options()
-    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--window-size=1280,1600"):
-        options.add_argument(flag)
-    options.binary_location = "/usr/bin/chromium"
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    driver = webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=options)
+    driver = offline_chromium()     # the network cut: the pages must carry everything they show
     yield driver
     driver.quit()
 
@@ -118,3 +110,24 @@ def test_search_and_a_screenshot_of_a_unit_page(server, browser):
     visit(browser, f"{server}/unit1/01_ddpm_and_ddim.html")
     browser.execute_script("document.querySelector('.cell_output img').scrollIntoView()")
     browser.save_screenshot(str(SHOTS / "unit1_figure.png"))
+
+
+def test_the_course_pages_in_build_typeset_maths_offline(browser):
+    """The HTML that `make test` and `make course` write next to the executed notebooks, served as it is."""
+    from tests.helpers import typeset
+
+    build = SITE.parents[2] if SITE.name == "html" else ROOT / "build"
+    page = build / "units" / "unit1" / "01_ddpm_and_ddim.html"
+    if not page.is_file():
+        pytest.fail(f"no {page}: run `make test` or `make course` first")
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(build))
+    handler.log_message = lambda *args: None
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        seen = typeset(browser, f"http://127.0.0.1:{httpd.server_address[1]}/units/unit1/01_ddpm_and_ddim.html")
+        figures = browser.execute_script("return Array.from(document.images).filter(i => i.naturalWidth > 0).length")
+    finally:
+        httpd.shutdown()
+    assert seen["formulas"] > 50 and not seen["errors"], seen
+    assert figures >= 5 and "This is an interactive explorer" in browser.page_source

@@ -252,4 +252,6 @@ def pytest_sessionfinish(session, exitstatus):
     kept = json.loads(before.read_text()) if before.is_file() else {}
     merged = {r["notebook"]: r for r in kept.get("notebooks", []) if kept.get("track") == run_track()}
     merged.update({r["notebook"]: r for r in rows})
-    cli.write_index(sorted(merged.values(), key=lambda r: r["notebook"]), out, run_track())
+    workers = int(config.getoption("numprocesses", None) or 0) if config.pluginmanager.hasplugin("xdist") else 0
+    cli.write_index(sorted(merged.values(), key=lambda r: r["notebook"]), out, run_track(),
+                    threads=1 if workers > 1 else None, side_by_side=max(workers, 1))

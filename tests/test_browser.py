@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from pathlib import Path
 
 import nbformat
 import numpy as np
@@ -134,9 +135,12 @@ def test_explorer_slider_changes_the_picture_in_jupyterlab(lab, browser, tmp_pat
     assert after.std() > before.std() * 0.5, "at t=900 the digits are mostly noise, still a picture"
 
 
-MATHS = "The forward process keeps $\\sqrt{\\bar\\alpha_t}$ of the image:\n\n$$x_t = \\sqrt{\\bar\\alpha_t}\\,x_0 + \\sqrt{1-\\bar\\alpha_t}\\,\\epsilon$$"
+ROOT = Path(__file__).parent.parent
+MATHS = ("The forward process keeps $\\sqrt{\\bar\\alpha_t}$ of the image:\n\n"
+         "$$x_t = \\sqrt{\\bar\\alpha_t}\\,x_0 + \\sqrt{1-\\bar\\alpha_t}\\,\\epsilon$$")
 
 
+@pytest.mark.slow
 def test_course_pages_typeset_maths_and_show_explorers_with_the_network_cut(tmp_path):
     """`coursekit run --mathjax` (what `make course` runs) writes pages that need no network: MathJax from
     the build folder, no require.js or widget manager, an explorer shown as its first picture."""

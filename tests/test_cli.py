@@ -1,6 +1,7 @@
 import json
 
 import nbformat
+import pytest
 from nbformat.v4 import new_code_cell, new_notebook
 
 from coursekit import cli
@@ -30,6 +31,25 @@ def test_run_writes_executed_notebooks_html_and_an_index(tmp_path):
     partial = nbformat.read(list(out.rglob("bad.ipynb"))[0], 4)
     assert partial.cells[1].outputs[0]["ename"] == "ValueError"
     assert list(out.rglob("good.html"))
+
+
+@pytest.mark.slow
+def test_run_reports_each_notebook_and_its_cells_and_keeps_the_kernel_notice_out(tmp_path):
+    """`coursekit run` as a workshop sees it: one line per notebook with its place in the run, a bar over its
+    cells, cell timings kept in the executed copy, and no kernel transport notice in the log."""
+    import subprocess
+    import sys
+
+    first = write(tmp_path / "a.ipynb", "print(1)", "import time; time.sleep(0.2)")
+    second = write(tmp_path / "b.ipynb", "print(2)")
+    run = subprocess.run([sys.executable, "-m", "coursekit.cli", "run", str(first), str(second), "--track", "small",
+                          "--out", str(tmp_path / "build")], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert f"[1/2] {first}" in run.stdout and f"[2/2] {second}" in run.stdout and "[2/2] ok in" in run.stdout
+    assert "a.ipynb: 100%" in run.stderr and "2/2 [" in run.stderr, "a bar over the notebook's cells"
+    assert "TCP" not in run.stderr and "WARNING" not in run.stderr, run.stderr
+    executed = nbformat.read(next((tmp_path / "build").rglob("a.ipynb")), 4)
+    assert all("shell.execute_reply" in c.metadata["execution"] for c in executed.cells)
 
 
 def test_run_refuses_a_path_that_is_not_a_notebook(tmp_path):
@@ -218,6 +238,7 @@ def _rehearse(monkeypatch, tmp_path, nb, repos):
     return code, run, nbformat.read(next(out.rglob(nb.name)), 4)
 
 
+@pytest.mark.slow
 def test_rehearsal_runs_the_full_track_code_on_stand_ins_and_restores_the_environment(tmp_path, monkeypatch):
     import os
 
@@ -263,6 +284,7 @@ def test_rehearse_refuses_the_small_track(tmp_path):
         cli.cmd_run(type("A", (), {"paths": [], "track": "small", "rehearse": True, "out": str(tmp_path), "timeout": 5})())
 
 
+@pytest.mark.slow
 def test_every_command_is_a_coursekit_subcommand_in_one_style(capsys, tmp_path, monkeypatch):
     import subprocess
     import sys

@@ -52,6 +52,7 @@ def _toy_images(n=256):
     return (x + 0.05 * torch.randn(x.shape, generator=g)).clamp(-1, 1)
 
 
+@pytest.mark.slow
 def test_one_round_halves_the_steps_and_beats_the_teacher_at_the_student_count():
     images = _toy_images()
     teacher, sched = tiny_unet(), tiny_scheduler()

@@ -132,6 +132,7 @@ def test_no_private_names_across_modules_and_every_name_used_exists(path):
         assert hasattr(importlib.import_module(f"coursekit.{module}"), name), f"{path} uses {module}.{name}, which is gone"
 
 
+@pytest.mark.slow
 def test_the_readme_counts_the_refusal_tests_there_are():
     import re
     import subprocess

@@ -92,6 +92,7 @@ def test_commands_refuse_what_they_cannot_do_with_a_non_zero_exit_naming_the_fix
         assert message.endswith(str(notebook.value)), "the doctor says what the notebook's settings cell would"
 
 
+@pytest.mark.slow
 def test_an_empty_folder_is_one_line_on_stderr_and_exit_status_1_not_a_traceback(tmp_path):
     (tmp_path / "empty").mkdir()
     done = subprocess.run([sys.executable, "-m", "coursekit.cli", "run", str(tmp_path / "empty"), "--out",

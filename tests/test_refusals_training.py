@@ -170,6 +170,7 @@ def test_training_commands_refuse_and_write_nothing(case, tmp_path):
 
 @pytest.mark.parametrize("module,argv", [("zoo", ["train", "digits-uncond", "--steps", "3"]),
                                          ("distill", ["digits-cond", "--steps-per-round", "2"])])
+@pytest.mark.slow
 def test_python_dash_m_commands_refuse_in_one_line_too(module, argv):
     import subprocess
     import sys

@@ -132,6 +132,7 @@ def test_save_pipeline_writes_what_stable_diffusion_pipeline_loads(tmp_path):
     assert ours.unet.config.cross_attention_dim == ours.text_encoder.config.hidden_size
 
 
+@pytest.mark.slow
 def test_vae_training_lowers_the_reconstruction_error_and_sets_the_scaling_factor(tmp_path):
     tok = captions.build_tokenizer(tmp_path / "tok")
     vae, *_ = sd.build_tiny(tok)

@@ -88,6 +88,7 @@ print(hashlib.sha256(w.numpy().tobytes() + x.numpy().tobytes()).hexdigest())
 """
 
 
+@pytest.mark.slow
 def test_seeding_is_bit_reproducible_across_processes():
     root = os.path.dirname(os.path.dirname(__file__))
     runs = [subprocess.run([sys.executable, "-c", SEEDED], capture_output=True, text=True, cwd=root, check=True).stdout

@@ -51,6 +51,7 @@ def test_tiny_stable_diffusion_ships_as_a_pipeline_with_its_card_and_meets_its_b
     assert not [p for p in folder.rglob("*") if p.suffix in (".bin", ".pt", ".ckpt", ".pkl")]
 
 
+@pytest.mark.slow
 def test_tiny_stable_diffusion_recipe_trains_for_a_few_steps(tmp_path):
     from coursekit import stable_diffusion
 
@@ -79,6 +80,7 @@ def test_tiny_controlnet_ships_with_its_card_and_follows_edges_better_than_witho
     assert type(net).__name__ == "ControlNetModel" and list(folder.glob("*.safetensors"))
 
 
+@pytest.mark.slow
 def test_tiny_controlnet_recipe_trains_for_a_few_steps(tmp_path):
     from coursekit import adapters
 
@@ -102,6 +104,7 @@ def test_tiny_lcm_lora_ships_with_its_card_and_beats_four_ddim_steps():
     assert zoo.is_shipped("tiny-sd-lcm-lora")
 
 
+@pytest.mark.slow
 def test_tiny_lcm_lora_recipe_trains_for_a_few_steps_and_loads(tmp_path):
     from coursekit import adapters, consistency
     from coursekit import stable_diffusion as sd
@@ -131,6 +134,7 @@ def test_class_channel_models_save_and_load_like_any_model(tmp_path):
         assert torch.equal(got(x, t, class_labels=y).sample, unet(x, t, class_labels=y).sample)
 
 
+@pytest.mark.slow
 def test_shipped_conditional_model_draws_the_digit_asked_for():
     """A quick re-measurement of the model card's figure (the benchmark measures it on more samples)."""
     from coursekit import metrics
@@ -145,6 +149,7 @@ def test_shipped_conditional_model_draws_the_digit_asked_for():
     assert judge.accuracy(x, labels) >= 0.9
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(zoo.RECIPES))
 def test_every_recipe_trains_for_a_few_steps(name, tmp_path, monkeypatch):
     import dataclasses

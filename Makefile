@@ -29,7 +29,7 @@ course: $(STAMP) site/node_modules/.package-lock.json
 test: $(STAMP) site/node_modules/.package-lock.json
 	$(BIN)/ruff check coursekit tests benchmarks scripts site conftest.py
 	bash scripts/install_browser.sh
-	$(BIN)/python -m pytest -n 2 --dist loadfile
+	$(BIN)/python -m pytest -n 2 --dist loadgroup
 
 lab: $(STAMP)
 	$(BIN)/jupyter lab units

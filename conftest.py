@@ -5,6 +5,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).parent
 GUARD = ROOT / "tests" / "netguard"
 
@@ -57,17 +59,26 @@ def _expected_minutes() -> dict[str, float]:
     return {name: float(m) for name, m in re.findall(r"^\| `(unit[^`]+\.ipynb)` \| ([\d.]+) min", guide, re.M)}
 
 
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(session, config, items):
-    """Longest first, so that two workers finish together: the rehearsal, then the notebooks from the
-    slowest, then the unit tests in their order."""
+    """For two workers (`-n 2 --dist loadgroup`): each test file is one group that stays on one worker
+    (a notebook's cells run in order in one kernel; module fixtures run once), except the rehearsal,
+    one group per notebook; and the longest first, so that the workers finish together: the notebooks
+    from the slowest, the rehearsals, then the unit tests in their order."""
     minutes = _expected_minutes()
 
     def key(item):
         path = Path(str(item.path))
-        if path.name == "test_rehearsal.py":
-            return (0, 0.0)
         if path.suffix == ".ipynb":
-            return (1, -minutes.get(f"{path.parent.name}/{path.name}", 5.0))
+            return (0, -minutes.get(f"{path.parent.name}/{path.name}", 5.0))
+        if path.name == "test_rehearsal.py":
+            return (1, 0.0)
         return (2, 0.0)
 
+    for item in items:
+        path = Path(str(item.path))
+        notebook = item.callspec.params.get("path") if hasattr(item, "callspec") else None
+        group = (f"rehearsal-{Path(str(notebook)).stem}" if path.name == "test_rehearsal.py" and notebook
+                 else path.relative_to(ROOT).as_posix() if path.is_relative_to(ROOT) else str(path))
+        item.add_marker(pytest.mark.xdist_group(group))
     items.sort(key=key)

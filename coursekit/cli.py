@@ -174,6 +174,14 @@ def rehearsal_sizes(path) -> dict:
         return {}
 
 
+def rehearsal_sizes_env(path) -> dict:
+    """What a notebook's kernel gets in a rehearsal besides `rehearsal_env`: its sizes (COURSEKIT_REHEARSAL_SIZES,
+    which `tracks.Settings` reads)."""
+    from .tracks import REHEARSAL_SIZES_ENV
+
+    return {REHEARSAL_SIZES_ENV: json.dumps(rehearsal_sizes(path))}
+
+
 def rehearsal_env(home: Path) -> dict:
     """The environment of a rehearsal: stand-ins written into the Hugging Face cache at `home`,
     no network, the full track forced and scaled down."""
@@ -181,6 +189,22 @@ def rehearsal_env(home: Path) -> dict:
 
     standins.write(home)
     return {**REHEARSAL_ENV, "HF_HOME": str(home.resolve())}
+
+
+@contextlib.contextmanager
+def _terminate_as_exit():
+    """SIGTERM ends the run as Ctrl-C does, through the kernel's shutdown, so no kernel is left running."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    before = signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, before)
 
 
 def cmd_run(args) -> int:
@@ -213,6 +237,7 @@ def cmd_run(args) -> int:
             raise CommandError(f"--mathjax: {e}") from None
     results = []
     with contextlib.ExitStack() as stack:
+        stack.enter_context(_terminate_as_exit())
         if rehearse:
             print("writing stand-ins of the full track's Hub repos ...", flush=True)
             scratch = stack.enter_context(tempfile.TemporaryDirectory(prefix="coursekit-rehearsal-"))
@@ -220,7 +245,7 @@ def cmd_run(args) -> int:
         for i, nb in enumerate(notebooks, 1):
             target = out / nb.parent.relative_to(nb.parent.anchor) if nb.is_absolute() else out / nb.parent
             print(f"[{i}/{len(notebooks)}] {nb}", flush=True)
-            sizes = {"COURSEKIT_REHEARSAL_SIZES": json.dumps(rehearsal_sizes(nb))} if rehearse else {}
+            sizes = rehearsal_sizes_env(nb) if rehearse else {}
             r = run_notebook(nb, target, timeout=args.timeout, env={**env, **sizes}, mathjax=mathjax,
                              progress=not getattr(args, "quiet", False))
             print(f"[{i}/{len(notebooks)}] {r['status']} in {r['seconds']:.1f} s -> {r['html']}", flush=True)

@@ -133,7 +133,7 @@ def pytest_addoption(parser):
 
 
 _runs: dict[str, Execution] = {}
-_last: dict[str, str] = {}
+_last: dict[str, object] = {}
 
 
 def pytest_configure(config):
@@ -143,7 +143,7 @@ def pytest_configure(config):
 def pytest_collection_modifyitems(session, config, items):
     for item in items:
         if _is_cell(item):
-            _last[str(item.parent.path)] = item.nodeid
+            _last[str(item.parent.path)] = item     # the item itself: xdist may rename node ids
 
 
 def _execution(item) -> Execution:
@@ -191,7 +191,7 @@ def pytest_runtest_makereport(item, call):
     run.seconds += call.duration
     if report.failed:
         run.failures.append(f"cell {item.cell_num}: {str(report.longrepr).strip().splitlines()[0][:200]}")
-    if _last.get(str(item.parent.path)) != item.nodeid:
+    if _last.get(str(item.parent.path)) is not item:
         return
     name, track = Path(run.path).name, run_track()
     problems = []

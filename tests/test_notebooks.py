@@ -487,3 +487,27 @@ def test_new_directions_latent_consistency_function_is_coursekits_and_lcm_schedu
     ours = names["latent_consistency_function"](eps, z, t, lcm.alphas_cumprod)
     torch.testing.assert_close(ours, consistency.consistency_function(eps, z, t, lcm.alphas_cumprod))
     torch.testing.assert_close(ours[:1], z[:1])
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_rehearsal_sizes_are_settings_of_the_notebook_and_no_larger_than_the_rule(path):
+    """The rehearsal proves the full track's code paths, not its sizes: each notebook names, in its metadata
+    coursekit.rehearsal, a step or two and a sample or two for its counts; each is one of its settings,
+    and never more than what the scaling rule alone would run."""
+    from coursekit import cli, tracks
+
+    sizes = cli.rehearsal_sizes(path)
+    settings = cli.notebook_settings(path)
+    assert sizes, "give the rehearsal its sizes (metadata coursekit.rehearsal)"
+    assert set(sizes) <= set(settings), f"not settings of the notebook: {set(sizes) - set(settings)}"
+
+    def total(v):
+        if isinstance(v, dict):
+            return sum(total(x) for x in v.values())
+        if isinstance(v, (list, tuple)):
+            return sum(total(x) for x in v)
+        return v if isinstance(v, (int, float)) and not isinstance(v, bool) else 0
+
+    for key, value in sizes.items():
+        rule = tracks.rehearsal_value(*settings[key])
+        assert total(value) <= total(rule), f"{key}: {value!r} runs more than the rule's {rule!r}"

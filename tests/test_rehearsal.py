@@ -1,6 +1,7 @@
-"""The full track, rehearsed: every notebook's full-track code runs here, offline on the CPU,
-against stand-ins of its Hub repos (`coursekit run units --rehearse`), and its checked cells
-print what they print on the small track."""
+"""The full track, rehearsed: every notebook's full-track code runs here, offline on the CPU, against
+stand-ins of its Hub repos, at the sizes its metadata gives the rehearsal (a step or two, a sample or two:
+the paths, not the sizes), as `coursekit run units --rehearse` runs it; and its checked cells print what
+they print on the small track. One test per notebook, so that the workers share them."""
 import json
 from pathlib import Path
 
@@ -13,24 +14,10 @@ ROOT = Path(__file__).parent.parent
 NOTEBOOKS = sorted(p for p in (ROOT / "units").rglob("*.ipynb") if ".ipynb_checkpoints" not in p.parts)
 
 
-@pytest.fixture(scope="module")
-def rehearsal(tmp_path_factory):
-    out = tmp_path_factory.mktemp("rehearsal")
-    args = type("A", (), {"paths": [str(ROOT / "units")], "track": None, "rehearse": True, "out": str(out),
-                          "timeout": 900})()
-    code = cli.cmd_run(args)
-    return code, json.loads((out / "run.json").read_text()), out
-
-
-@pytest.mark.slow
-def test_every_notebook_runs_its_full_track_code_offline_against_stand_ins(rehearsal):
-    code, run, _ = rehearsal
-    assert run["track"] == "full (rehearsal)"
-    assert sorted(Path(r["notebook"]).name for r in run["notebooks"]) == sorted(p.name for p in NOTEBOOKS)
-    failed = [f"{r['notebook']}: {r['status']}" for r in run["notebooks"] if r["status"] != "ok"]
-    assert not failed and code == 0, "full-track cells failed in the rehearsal:\n" + "\n".join(failed)
-    print("\nrehearsal: " + ", ".join(f"{Path(r['notebook']).name} {r['seconds']:.0f} s" for r in run["notebooks"])
-          + f"; {sum(r['seconds'] for r in run['notebooks']) / 60:.1f} min in all")
+@pytest.fixture(scope="session")
+def standins(tmp_path_factory):
+    """The rehearsal's kernel environment: the stand-ins written once per worker into a Hugging Face cache."""
+    return cli.rehearsal_env(tmp_path_factory.mktemp("rehearsal-hf-home"))
 
 
 def _checked(nb) -> list[str]:
@@ -40,9 +27,30 @@ def _checked(nb) -> list[str]:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
-def test_checked_cells_print_the_same_text_on_the_full_track(rehearsal, path):
-    _, run, out = rehearsal
-    executed = next(out.rglob(path.name))
+def test_full_track_code_runs_offline_on_stand_ins_and_checked_cells_print_the_same(standins, path, tmp_path):
+    env = {**standins, **cli.rehearsal_sizes_env(path)}
+    row = cli.run_notebook(path, tmp_path, timeout=900, env=env)
+    print(f"\nrehearsal: {path.name} {row['seconds']:.0f} s")
+    assert row["status"] == "ok", f"full-track cells failed in the rehearsal: {path.name}: {row['status']}"
+    executed = nbformat.read(tmp_path / path.name, 4)
+    first = next(c for c in executed.cells if c.cell_type == "code" and "tracks.Settings(" in c.source)
+    assert "full (rehearsal)" in "".join(o.get("text", "") for o in first.outputs), "it ran the full track's code"
     committed = _checked(nbformat.read(path, 4))
     assert committed, "every notebook has a checked cell"
-    assert _checked(nbformat.read(executed, 4)) == committed
+    assert _checked(executed) == committed
+
+
+def test_the_rehearsal_command_runs_every_notebook_with_its_sizes(monkeypatch, tmp_path):
+    """`coursekit run units --rehearse` hands each notebook's kernel the stand-ins and that notebook's sizes
+    (what the tests above run, notebook by notebook)."""
+    seen = []
+    monkeypatch.setattr(cli, "rehearsal_env", lambda home: {"HF_HOME": str(home), "COURSEKIT_REHEARSE": "1"})
+    monkeypatch.setattr(cli, "run_notebook", lambda nb, out, timeout, env, **kw: seen.append((nb, env)) or
+                        {"notebook": str(nb), "html": None, "seconds": 0.0, "status": "ok"})
+    args = type("A", (), {"paths": [str(ROOT / "units")], "track": None, "rehearse": True, "out": str(tmp_path),
+                          "timeout": 900})()
+    assert cli.cmd_run(args) == 0
+    assert [nb for nb, _ in seen] == NOTEBOOKS
+    for nb, env in seen:
+        assert env["COURSEKIT_REHEARSE"] == "1"
+        assert json.loads(env["COURSEKIT_REHEARSAL_SIZES"]) == cli.rehearsal_sizes(nb)

@@ -162,7 +162,7 @@ def test_every_badge_opens_an_executed_notebook_the_site_workflow_publishes(tmp_
     published = {p.relative_to(tmp_path / out).as_posix() for p in written}
     targets = set()
     for page in [ROOT / "README.md", *sorted((ROOT / "units").glob("unit*/README.md"))]:
-        for url in re.findall(r"\]\((https://(?:colab\.research\.google\.com|kaggle\.com)[^)]*)\)", page.read_text()):
+        for url in re.findall(r"\)\]\((https://(?:colab\.research\.google\.com|kaggle\.com)[^)]*)\)", page.read_text()):
             where = re.search(rf"github(?:\.com)?/{badges.REPO}/blob/([^/]+)/(units/\S+\.ipynb)", url)
             assert where, f"{page.name}: a badge that opens no notebook of the repository: {url}"
             assert where.group(1) == badges.EXECUTED_BRANCH, f"{page.name}: a badge opens {where.group(1)}: {url}"

@@ -25,11 +25,12 @@ SITE_ARGS ?=
 course: $(STAMP) site/node_modules/.package-lock.json
 	$(BIN)/coursekit run units --track small --out build --mathjax $(MATHJAX)
 
-# Unit tests, the notebooks (nbval, once each, into build/) and the full-track rehearsal on two workers.
+# Unit tests, the notebooks (nbval, once each, into build/) and the full-track rehearsal on two workers
+# (conftest.py shares them out file by file).
 test: $(STAMP) site/node_modules/.package-lock.json
 	$(BIN)/ruff check coursekit tests benchmarks scripts site conftest.py
 	bash scripts/install_browser.sh
-	$(BIN)/python -m pytest -n 2 --dist loadgroup
+	$(BIN)/python -m pytest -n 2
 
 lab: $(STAMP)
 	$(BIN)/jupyter lab units

@@ -5,8 +5,6 @@ import sys
 import tempfile
 from pathlib import Path
 
-import pytest
-
 ROOT = Path(__file__).parent
 GUARD = ROOT / "tests" / "netguard"
 
@@ -59,12 +57,9 @@ def _expected_minutes() -> dict[str, float]:
     return {name: float(m) for name, m in re.findall(r"^\| `(unit[^`]+\.ipynb)` \| ([\d.]+) min", guide, re.M)}
 
 
-@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(session, config, items):
-    """For two workers (`-n 2 --dist loadgroup`): each test file is one group that stays on one worker
-    (a notebook's cells run in order in one kernel; module fixtures run once), except the rehearsal,
-    one group per notebook; and the longest first, so that the workers finish together: the notebooks
-    from the slowest, the rehearsals, then the unit tests in their order."""
+    """The longest first, so that two workers finish together: the notebooks from the slowest, the
+    rehearsals, then the unit tests in their order."""
     minutes = _expected_minutes()
 
     def key(item):
@@ -75,10 +70,19 @@ def pytest_collection_modifyitems(session, config, items):
             return (1, 0.0)
         return (2, 0.0)
 
-    for item in items:
-        path = Path(str(item.path))
-        notebook = item.callspec.params.get("path") if hasattr(item, "callspec") else None
-        group = (f"rehearsal-{Path(str(notebook)).stem}" if path.name == "test_rehearsal.py" and notebook
-                 else path.relative_to(ROOT).as_posix() if path.is_relative_to(ROOT) else str(path))
-        item.add_marker(pytest.mark.xdist_group(group))
     items.sort(key=key)
+
+
+def pytest_xdist_make_scheduler(config, log):
+    """Two workers (`make test` runs `pytest -n 2`) share the tests file by file: a notebook's cells run in
+    order in one kernel and a module's fixtures once, except the rehearsal, whose notebooks are shared one
+    by one. (xdist's `--dist loadgroup` would say the same with marks, but its grouping does not work
+    with pytest 9.2, which ignores the node ids it rewrites.)"""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class FilesAndRehearsals(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:      # the scope hook LoadFileScheduling overrides too
+            path = nodeid.split("::", 1)[0]
+            return nodeid if path.endswith("test_rehearsal.py") and "[" in nodeid else path
+
+    return FilesAndRehearsals(config, log)

@@ -2,6 +2,7 @@
 writes: progress bars become their last line, explorers their first picture and a note; pages get
 Colab and Kaggle links without remote badge images; repeated inline scripts are dropped."""
 import base64
+import os
 import sys
 from pathlib import Path
 
@@ -60,3 +61,26 @@ def test_badges_become_plain_links_and_repeated_inline_scripts_go():
     html = "<head>\n  <script>const A = 1</script>\n<script src='x.js'></script>\n  <script>const A = 1</script>\n</head>"
     assert build_site.once_each_inline_script(html).count("const A = 1") == 1
     assert "x.js" in build_site.once_each_inline_script(html)
+
+
+def test_the_site_uses_the_executed_notebooks_it_finds_and_executes_none(tmp_path, monkeypatch):
+    """With --no-execute (the site workflow, .ci/run) every executed copy is used whatever its age, a missing
+    one stops the build, and nothing is executed again."""
+    import json
+    import subprocess
+
+    import pytest
+
+    monkeypatch.setattr(subprocess, "run", lambda *a, **k: pytest.fail(f"executed something: {a}"))
+    build = tmp_path / "build"
+    for nb in build_site.notebooks():
+        copy = build / nb.relative_to(build_site.ROOT)
+        copy.parent.mkdir(parents=True, exist_ok=True)
+        copy.write_text(json.dumps({"cells": [], "metadata": {}, "nbformat": 4, "nbformat_minor": 5}))
+        os.utime(copy, (0, 0))       # older than its source: stale, and used all the same
+    found = build_site.executed(build, tmp_path / "coursekit", execute=False)
+    assert set(found) == set(build_site.notebooks())
+    first = next(iter(found.values()))
+    first.unlink()
+    with pytest.raises(SystemExit, match="run `make test` or `make course` first"):
+        build_site.executed(build, tmp_path / "coursekit", execute=False)

@@ -191,6 +191,16 @@ def rehearsal_env(home: Path) -> dict:
     return {**REHEARSAL_ENV, "HF_HOME": str(home.resolve())}
 
 
+def executed_folder(out: Path, notebook: Path) -> Path:
+    """Where `run` writes a notebook's executed copy: under `out`, at the notebook's relative folder, or for
+    an absolute path or one that climbs out with '..', at its absolute folder (never outside `out`)."""
+    folder = Path(os.path.normpath(notebook.parent))
+    if folder.is_absolute() or folder.parts[:1] == ("..",):
+        folder = notebook.resolve().parent
+        folder = folder.relative_to(folder.anchor)
+    return out / folder
+
+
 @contextlib.contextmanager
 def _terminate_as_exit():
     """SIGTERM ends the run as Ctrl-C does, through the kernel's shutdown, so no kernel is left running."""
@@ -235,6 +245,10 @@ def cmd_run(args) -> int:
             mathjax = publish.copy_mathjax(args.mathjax, out)
         except FileNotFoundError as e:
             raise CommandError(f"--mathjax: {e}") from None
+    for nb in notebooks:
+        if (executed_folder(out, nb) / nb.name).resolve() == nb.resolve():
+            raise CommandError(f"--out {args.out} would write the executed copy of {nb} over the notebook itself; "
+                               "pass another folder, such as --out build")
     results = []
     with contextlib.ExitStack() as stack:
         stack.enter_context(_terminate_as_exit())
@@ -243,7 +257,7 @@ def cmd_run(args) -> int:
             scratch = stack.enter_context(tempfile.TemporaryDirectory(prefix="coursekit-rehearsal-"))
             env = rehearsal_env(Path(scratch))
         for i, nb in enumerate(notebooks, 1):
-            target = out / nb.parent.relative_to(nb.parent.anchor) if nb.is_absolute() else out / nb.parent
+            target = executed_folder(out, nb)
             print(f"[{i}/{len(notebooks)}] {nb}", flush=True)
             sizes = rehearsal_sizes_env(nb) if rehearse else {}
             r = run_notebook(nb, target, timeout=args.timeout, env={**env, **sizes}, mathjax=mathjax,

@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import nbformat
 import pytest
@@ -50,6 +51,24 @@ def test_run_reports_each_notebook_and_its_cells_and_keeps_the_kernel_notice_out
     assert "TCP" not in run.stderr and "WARNING" not in run.stderr, run.stderr
     executed = nbformat.read(next((tmp_path / "build").rglob("a.ipynb")), 4)
     assert all("shell.execute_reply" in c.metadata["execution"] for c in executed.cells)
+
+
+def test_run_never_writes_over_a_notebook_and_keeps_its_copies_under_out(tmp_path, monkeypatch):
+    (tmp_path / "units").mkdir()
+    nb = write(tmp_path / "units" / "a.ipynb", "print(1)")
+    before = nb.read_bytes()
+    monkeypatch.chdir(tmp_path / "units")
+    args = lambda paths, out: type("A", (), {"paths": paths, "track": "small", "out": out, "timeout": 60})()
+    with pytest.raises(cli.CommandError, match="over the notebook itself; pass another folder"):
+        cli.cmd_run(args(["a.ipynb"], "."))
+    assert nb.read_bytes() == before
+    (tmp_path / "work").mkdir()
+    monkeypatch.chdir(tmp_path / "work")
+    assert cli.executed_folder(Path("out"), Path("../units/a.ipynb")) == Path("out") / str(tmp_path / "units").lstrip("/")
+    assert cli.executed_folder(Path("out"), Path("units/x/a.ipynb")) == Path("out/units/x")
+    assert cli.cmd_run(args(["../units/a.ipynb"], "out")) == 0
+    assert [p for p in (tmp_path / "units").iterdir()] == [nb] and nb.read_bytes() == before
+    assert list((tmp_path / "work" / "out").rglob("a.ipynb")), "the copy stays under --out"
 
 
 def test_run_refuses_a_path_that_is_not_a_notebook(tmp_path):

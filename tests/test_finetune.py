@@ -65,7 +65,7 @@ def _start(out, *extra):
     import sys
 
     args = [sys.executable, "-m", "coursekit.finetune", "--model", "digits-uncond", "--dataset", "digits", "--resize",
-            "--out", str(out), "--batch-size", "8", "--steps", "60", "--sample-every", "1000", "--checkpoint-every", "2",
+            "--out", str(out), "--batch-size", "8", "--steps", "30", "--sample-every", "1000", "--checkpoint-every", "2",
             *extra]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     return subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

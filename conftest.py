@@ -80,6 +80,8 @@ def pytest_xdist_make_scheduler(config, log):
     with pytest 9.2, which ignores the node ids it rewrites.)"""
     from xdist.scheduler import LoadScopeScheduling
 
+    config.option.loadscopereorder = False    # keep the longest-first order above, not the largest files first
+
     class FilesAndRehearsals(LoadScopeScheduling):
         def _split_scope(self, nodeid: str) -> str:      # the scope hook LoadFileScheduling overrides too
             path = nodeid.split("::", 1)[0]

@@ -5,6 +5,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).parent
 GUARD = ROOT / "tests" / "netguard"
 
@@ -73,6 +75,7 @@ def pytest_collection_modifyitems(session, config, items):
     items.sort(key=key)
 
 
+@pytest.hookimpl(optionalhook=True)      # a hook of pytest-xdist: none without it
 def pytest_xdist_make_scheduler(config, log):
     """Two workers (`make test` runs `pytest -n 2`) share the tests file by file: a notebook's cells run in
     order in one kernel and a module's fixtures once, except the rehearsal, whose notebooks are shared one

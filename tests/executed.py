@@ -172,8 +172,9 @@ def pytest_runtest_call(item):
     try:
         yield
     finally:
-        index = next(i for i, c in enumerate(item.parent.nb.cells) if c is item.cell)
-        run.cell(index, getattr(item, "test_outputs", None) or [], began, time.time())
+        if not getattr(item, "options", {}).get("skip"):     # a cell nbval skips (NBVAL_SKIP) did not run
+            index = next(i for i, c in enumerate(item.parent.nb.cells) if c is item.cell)
+            run.cell(index, getattr(item, "test_outputs", None) or [], began, time.time())
 
 
 def _fail(report, message: str) -> None:

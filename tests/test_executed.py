@@ -39,7 +39,8 @@ def planted(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("planted")
     notebook(tmp / "good.ipynb", [checked("print('hello')", "hello\n"), new_code_cell(BAR),
                                   new_code_cell("import ipywidgets\nipywidgets.IntSlider(value=3)"),
-                                  new_code_cell("display({'text/markdown': 'the maths: $\\\\bar\\\\alpha_t$'}, raw=True)")])
+                                  new_code_cell("display({'text/markdown': 'the maths: $\\\\bar\\\\alpha_t$'}, raw=True)"),
+                                  new_code_cell("# NBVAL_SKIP\nprint('skipped')")])
     notebook(tmp / "changed.ipynb", [checked("print('world')", "hello\n")])
     notebook(tmp / "raises.ipynb", [new_code_cell("raise ValueError('planted fault')"), new_code_cell("print('after')")])
     notebook(tmp / "slow.ipynb", [new_code_cell(BAR)], minutes=0.01)
@@ -84,9 +85,10 @@ def test_the_executed_copy_keeps_outputs_widget_state_timings_page_and_run_row(p
     _, _, build = planted
     nb = nbformat.read(build / "good.ipynb", 4)
     code = [c for c in nb.cells if c.cell_type == "code"]
-    assert [c.execution_count for c in code] == [1, 2, 3, 4]
+    assert [c.execution_count for c in code] == [1, 2, 3, 4, None], "a skipped cell did not run"
+    assert not code[4].outputs
     assert code[0].outputs[0]["text"] == "hello\n"
-    assert all(cell_seconds(c) is not None for c in code) and cell_seconds(code[1]) >= 1.4
+    assert all(cell_seconds(c) is not None for c in code[:4]) and cell_seconds(code[1]) >= 1.4
     assert not silent_long_cells(nb, 1.0), "the tqdm bar counts as a progress bar"
     state = nb.metadata["widgets"]["application/vnd.jupyter.widget-state+json"]["state"]
     assert any(m["model_name"] == "IntSliderModel" and m["state"]["value"] == 3 for m in state.values())

@@ -22,17 +22,6 @@ import sitecustomize  # noqa: E402,F401  (installs the guard in this process too
 pytest_plugins = ["tests.executed"]   # nbval's one execution kept in build/, budgets and progress checked
 
 
-def run_track() -> str:
-    from tests.executed import run_track
-
-    return run_track()
-
-
-def notebook_budget_minutes(path, track: str | None = None) -> float | None:
-    from tests.executed import notebook_budget_minutes
-
-    return notebook_budget_minutes(path, track)
-
 if os.environ.get("PYTEST_XDIST_WORKER"):
     # Two workers share the two cores: one torch thread each, in the tests and in the notebooks' kernels.
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):

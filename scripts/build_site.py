@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))
 from badges import BRANCH, REPO, badges  # noqa: E402
 
-from coursekit.publish import EXPLORER_NOTE, WIDGET_STATE, WIDGET_VIEW, for_reading  # noqa: E402,F401
+from coursekit.publish import for_reading  # noqa: E402
 
 BADGE = re.compile(r"\[!\[([^\]]*)\]\([^)]*\)\]\(([^)]*)\)")
 

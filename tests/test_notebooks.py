@@ -77,7 +77,7 @@ def test_notebook_training_step_is_coursekits_objective():
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
 def test_notebook_conventions(path):
-    from conftest import notebook_budget_minutes
+    from tests.executed import notebook_budget_minutes
 
     nb = nbformat.read(path, as_version=4)
     for track in ("small", "full"):

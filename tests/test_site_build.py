@@ -10,6 +10,8 @@ ROOT = Path(__file__).parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))
 import build_site  # noqa: E402
 
+from coursekit import publish  # noqa: E402
+
 PNG = base64.b64encode(b"\x89PNG\r\n\x1a\nfake").decode()
 
 
@@ -21,10 +23,10 @@ def widget(name, state=None, buffers=None):
 def notebook(state, views):
     cells = [{"cell_type": "code", "source": f"cell {i}", "metadata": {}, "execution_count": i,
               "outputs": [{"output_type": "display_data", "metadata": {},
-                           "data": {build_site.WIDGET_VIEW: {"model_id": v}, "text/plain": "VBox(...)"}},
+                           "data": {publish.WIDGET_VIEW: {"model_id": v}, "text/plain": "VBox(...)"}},
                           {"output_type": "stream", "name": "stdout", "text": "kept\n"}]}
              for i, v in enumerate(views)]
-    return {"cells": cells, "metadata": {"widgets": {build_site.WIDGET_STATE: {"state": state}}}, "nbformat": 4,
+    return {"cells": cells, "metadata": {"widgets": {publish.WIDGET_STATE: {"state": state}}}, "nbformat": 4,
             "nbformat_minor": 5}
 
 
@@ -51,7 +53,7 @@ def test_progress_bars_explorers_and_links():
     kinds = [list(o.get("data", {})) or o["output_type"] for o in explorer["outputs"]]
     assert kinds == [["image/png"], ["text/markdown"], "stream"]
     assert explorer["outputs"][0]["data"]["image/png"] == PNG
-    assert build_site.EXPLORER_NOTE in explorer["outputs"][1]["data"]["text/markdown"]
+    assert publish.EXPLORER_NOTE in explorer["outputs"][1]["data"]["text/markdown"]
     assert [list(o.get("data", {})) or o["output_type"] for o in no_picture["outputs"]] == [["text/markdown"], "stream"]
 
 

@@ -85,15 +85,15 @@ def test_hub_pin_command_pins_and_names_a_model_without_safetensors(tmp_path, mo
 
 
 def test_nbval_on_the_full_track_checks_full_budgets(monkeypatch):
-    import conftest
     from coursekit import cli
+    from tests import executed
 
     for nb in sorted((ROOT / "units").rglob("*.ipynb")):
         budgets = cli.notebook_budgets(nb)
         monkeypatch.setenv("COURSEKIT_TRACK", "full")
-        assert conftest.notebook_budget_minutes(nb) == budgets["full"]
+        assert executed.notebook_budget_minutes(nb) == budgets["full"]
         monkeypatch.delenv("COURSEKIT_TRACK")
-        assert conftest.notebook_budget_minutes(nb) == budgets["small"]
+        assert executed.notebook_budget_minutes(nb) == budgets["small"]
 
 
 CPU = ROOT / ".github" / "workflows" / "cpu.yml"

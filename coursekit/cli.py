@@ -4,7 +4,7 @@
     coursekit doctor [NOTEBOOK_OR_FOLDER ...]
     coursekit prefetch [--unit N]
     coursekit pin                                   (coursekit.hub)
-    coursekit train NAME | --list                   (coursekit.zoo; also: coursekit evaluate NAME)
+    coursekit train NAME | --list                   (coursekit.zoo; also: coursekit evaluate NAME --folder DIR)
     coursekit distill NAME | --list                 (coursekit.distill)
     coursekit finetune --model M --dataset D --out RUN ...   (coursekit.finetune)
 

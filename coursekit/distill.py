@@ -170,7 +170,13 @@ def evaluate_student(unet, scheduler, steps: int, guidance_scale: float = 1.0, p
 
 
 def _card(name: str, recipe: DistillRecipe, steps: int, rounds: list, quality: dict) -> str:
+    """The student's model card, stating what its rounds ran (steps and threads of each, from `rounds`;
+    rounds recorded before these were kept ran the recipe's steps on one thread)."""
     rows = "\n".join(f"| {k} | {v} |" for k, v in quality.items())
+    per_round = sorted({r.get("steps", recipe.steps_per_round) for r in rounds})
+    threads = sorted({r.get("threads", 1) for r in rounds})
+    per_round_text = " or ".join(map(str, per_round)) + " steps per round"
+    threads_text = "one torch thread" if threads == [1] else " or ".join(map(str, threads)) + " torch thread(s)"
     history = "\n".join(f"| {r['from']} -> {r['to']} | {r['seconds'] / 60:.1f} min | {r['last_loss']:.4f} |" for r in rounds)
     return f"""---
 library_name: diffusers
@@ -184,10 +190,10 @@ A {steps}-step student of the zoo model `{recipe.teacher}`, by progressive disti
 the teacher's classifier-free guidance at scale {recipe.guidance_scale} is built in.
 
 - **Teacher**: `{recipe.teacher}` with {recipe.teacher_steps}-step DDIM on the nested grid t_k = k * {T_MAX} / N.
-- **Recipe**: {recipe.steps_per_round} steps per round, batch {recipe.batch_size}, AdamW lr {recipe.lr} falling
+- **Recipe**: {per_round_text}, batch {recipe.batch_size}, AdamW lr {recipe.lr} falling
   linearly to 0 in each round, loss weight max(1, 1/SNR) capped at {recipe.max_weight}, label dropout
   {recipe.p_uncond}, seed {recipe.seed}; full recipe `coursekit.distill.RECIPES[{recipe.teacher!r}]`.
-- **Hardware**: {platform.machine()} CPU, one torch thread.
+- **Hardware**: {platform.machine()} CPU, {threads_text}.
 - **Reproduce**: `coursekit distill {recipe.teacher} --out DIR` (every round; `--into-package` replaces the shipped students).
 
 ## Rounds
@@ -207,13 +213,14 @@ Judged by `coursekit.metrics.digit_judge()`, a classifier fit on real digits onl
 
 def train_chain(name: str, out_dir: str | Path | None = None, steps_per_round: int | None = None,
                 threads: int | None = None, evaluate_after: bool = True, progress: bool = True,
-                into_package: bool = False, resume_at: int | None = None) -> list[Path]:
+                into_package: bool = False, resume_at: int | None = None, overwrite: bool = False) -> list[Path]:
     """All rounds of RECIPES[name]; each student saved as a zoo folder with its model card in
     `out_dir`, or with `into_package` in the package's zoo (full recipe only), with `threads`
     torch threads for the run. `resume_at` starts from the saved student with that many steps
     (in `out_dir`, else the zoo) instead of the teacher, to extend a chain: every round is seeded
     by its step count, so the result is what the whole chain gives. Each round checkpoints in
-    `<student>.work` and resumes from there when run again."""
+    `<student>.work` and resumes from there when run again. `out_dir` must be new or empty, or hold
+    this recipe's earlier run (which resumes), unless `overwrite` (students written over, other files kept)."""
     from . import data, models, train, zoo
     from .tracks import torch_threads
 
@@ -222,7 +229,9 @@ def train_chain(name: str, out_dir: str | Path | None = None, steps_per_round: i
     recipe = RECIPES[name]
     per_round = recipe.steps_per_round if steps_per_round is None else train.positive_int("steps_per_round", steps_per_round)
     out_dir = zoo.output_folder(out_dir, into_package, zoo.ZOO_DIR, per_round < recipe.steps_per_round,
-                                f"students of {name!r}")
+                                f"students of {name!r}", f"coursekit distill {name}",
+                                {"steps_per_round": per_round}, overwrite,
+                                work=[f"{student_name(name, n)}.work" for n in _halvings(recipe)])
     base = zoo.RECIPES[recipe.teacher]
     images, labels = data.tensors(data.load_dataset(base.dataset), base.size, base.channels)
     if resume_at is None:
@@ -246,8 +255,8 @@ def train_chain(name: str, out_dir: str | Path | None = None, steps_per_round: i
                                             batch_size=recipe.batch_size, lr=recipe.lr, max_weight=recipe.max_weight,
                                             p_uncond=recipe.p_uncond, seed=recipe.seed + steps, progress=progress,
                                             out_dir=out_dir / f"{student_name(name, steps // 2)}.work")
-            rounds.append({"from": steps, "to": steps // 2, "seconds": time.perf_counter() - began,
-                           "last_loss": sum(losses[-20:]) / len(losses[-20:])})
+            rounds.append({"from": steps, "to": steps // 2, "steps": per_round, "threads": torch.get_num_threads(),
+                           "seconds": time.perf_counter() - began, "last_loss": sum(losses[-20:]) / len(losses[-20:])})
             steps, guidance = steps // 2, 1.0
             folder = out_dir / student_name(name, steps)
             shutil.rmtree(folder, ignore_errors=True)
@@ -259,6 +268,15 @@ def train_chain(name: str, out_dir: str | Path | None = None, steps_per_round: i
             shutil.rmtree(out_dir / f"{folder.name}.work", ignore_errors=True)
             written.append(folder)
     return written
+
+
+def _halvings(recipe) -> list[int]:
+    """The step counts of a recipe's students, first round first."""
+    counts, steps = [], recipe.teacher_steps
+    while steps > recipe.final_steps:
+        steps //= 2
+        counts.append(steps)
+    return counts
 
 
 def load_student(name: str, steps: int, device: str = "cpu"):
@@ -284,6 +302,8 @@ def add_commands(sub) -> None:
     t.add_argument("--threads", type=int, default=1)
     t.add_argument("--no-eval", action="store_true")
     t.add_argument("--resume-at", type=int, help="start from the saved student with this many steps (extends a chain)")
+    t.add_argument("--overwrite", action="store_true",
+                   help="write the students into an --out folder that holds other files (those are kept)")
     t.set_defaults(run=_distill_command)
 
 
@@ -293,7 +313,7 @@ def _distill_command(args) -> None:
             print(f"{n}: {r.teacher_steps} -> {r.final_steps} steps, {r.steps_per_round} steps per round")
         return
     for path in train_chain(args.name, args.out, args.steps_per_round, args.threads, not args.no_eval,
-                            into_package=args.into_package, resume_at=args.resume_at):
+                            into_package=args.into_package, resume_at=args.resume_at, overwrite=args.overwrite):
         print(f"wrote {path}")
 
 

@@ -43,8 +43,12 @@ def model_shape(unet) -> tuple[int, int]:
 def finetune(model: str, dataset: str, out: str | Path, *, steps: int = 300, batch_size: int = 16,
              grad_accum: int = 1, lr: float = 1e-4, resize: bool = False, sample_every: int = 100,
              n_samples: int = 16, seed: int = 0, checkpoint_every: int | None = None,
-             checkpoint_minutes: float = 2.0, overwrite: bool = False, progress: bool = True) -> Path:
+             checkpoint_minutes: float = 2.0, overwrite: bool = False, progress: bool = True,
+             into_package: bool = False) -> Path:
     """Fine-tune `model` on `dataset`; returns OUT/model, a diffusers-format pipeline folder.
+    OUT must be new or empty, or hold an earlier run of this command (same settings: it resumes);
+    `overwrite` starts again there, writing this run's files over and keeping the others; a folder
+    inside the installed package needs `into_package`.
     Under `accelerate launch`, `batch_size` is per process and the main process writes the files."""
     import torch
     from accelerate import PartialState
@@ -56,7 +60,8 @@ def finetune(model: str, dataset: str, out: str | Path, *, steps: int = 300, bat
                                   checkpoint_every=checkpoint_every, checkpoint_minutes=checkpoint_minutes)
     train.positive_int("sample_every", sample_every)
     train.positive_int("n_samples", n_samples)
-    out, state = Path(out), PartialState(cpu=not torch.cuda.is_available())
+    out = train.check_folder(out, "coursekit finetune", overwrite, into_package)
+    state = PartialState(cpu=not torch.cuda.is_available())
     unet, scheduler = models.load_model(model, device=state.device)   # on the GPU from the first grid on
     ds = data.load_dataset(dataset)
     check_fit(unet, ds, resize)
@@ -78,7 +83,7 @@ def finetune(model: str, dataset: str, out: str | Path, *, steps: int = 300, bat
             picture.save(out / "samples" / f"step_{s:05d}.png")
         pending.clear()
 
-    run = {"model": str(model), "dataset": dataset, "resize": resize}
+    run = {"command": "coursekit finetune", "model": str(model), "dataset": dataset, "resize": resize}
     refused = False
     try:
         result = train.train(unet, scheduler, images, steps=steps, batch_size=batch_size, grad_accum=grad_accum,
@@ -113,14 +118,17 @@ def add_commands(sub) -> None:
     p.add_argument("--sample-every", type=int, default=100)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--checkpoint-every", type=int, help="also save a checkpoint every N steps (default: every 2 minutes)")
-    p.add_argument("--overwrite", action="store_true", help="start again in an --out folder that holds another run")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start again in an --out folder that holds another run or other files (those are kept)")
+    p.add_argument("--into-package", action="store_true",
+                   help="allow an --out inside the installed coursekit package (for maintainers)")
     p.set_defaults(run=_finetune_command)
 
 
 def _finetune_command(a) -> None:
     path = finetune(a.model, a.dataset, a.out, steps=a.steps, batch_size=a.batch_size, grad_accum=a.grad_accum,
                     lr=a.lr, resize=a.resize, sample_every=a.sample_every, seed=a.seed,
-                    checkpoint_every=a.checkpoint_every, overwrite=a.overwrite)
+                    checkpoint_every=a.checkpoint_every, overwrite=a.overwrite, into_package=a.into_package)
     print(f"fine-tuned model: {path}")
 
 

@@ -151,6 +151,34 @@ def _remove(folder: Path) -> None:
     shutil.rmtree(folder, ignore_errors=True)
 
 
+PACKAGE_DIR = Path(__file__).resolve().parent
+
+
+def inside_package(path: str | os.PathLike) -> bool:
+    """Whether `path` lies inside the installed coursekit package (its code or its shipped zoo)."""
+    return Path(path).resolve().is_relative_to(PACKAGE_DIR)
+
+
+def check_folder(out: str | os.PathLike, command: str, overwrite: bool = False, into_package: bool = False) -> Path:
+    """Refuse an output folder that is not `command`'s to write, before anything is written (a folder is
+    the user's): a file; a place inside the installed package unless `into_package`; a folder that holds
+    files but no run of a coursekit command (OUT/run.json), unless `overwrite`, with which the command
+    writes its own files over and leaves every other file where it is."""
+    out = Path(out)
+    if inside_package(out) and not into_package:
+        raise RunMismatch(f"{out} is inside the installed coursekit package ({PACKAGE_DIR}); write to a folder of your "
+                          "own with --out DIR, or pass --into-package to replace the files the package ships")
+    if out.exists() and not out.is_dir():
+        raise RunMismatch(f"{out} is a file, not a folder; give --out a new or empty folder")
+    held = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
+    if held and not into_package and not overwrite and not (out / "run.json").is_file():
+        shown = ", ".join(held[:5]) + (f" and {len(held) - 5} more" if len(held) > 5 else "")
+        raise RunMismatch(f"{out} already holds files that `{command}` did not write ({shown}); give a new or empty "
+                          "folder, or pass overwrite=True (--overwrite) to write this run's files over them and keep "
+                          "the rest")
+    return out
+
+
 def run_record(out_dir: str | os.PathLike, settings: dict, overwrite: bool = False) -> None:
     """Record what a run folder holds (OUT/run.json) and refuse to mix runs: a folder holding a run
     with other settings is refused with the differences and the choices, unless `overwrite`

@@ -413,8 +413,10 @@ def evaluate(unet, scheduler, recipe: Recipe, per_class: int = 50, seed: int = 1
     return out
 
 
-def _card(name: str, recipe: Recipe, n_params: int, seconds: float, steps: int, quality: dict) -> str:
-    again = "; re-measure with `coursekit evaluate " + name + "`."
+def _card(name: str, recipe: Recipe, n_params: int, seconds: float, steps: int, quality: dict, warmup: int,
+          threads: int) -> str:
+    again = ("; re-measure with `coursekit evaluate " + name + " --folder DIR` (`--into-package` for the checkpoint "
+             "the package ships).")
     sweep = ("" if not recipe.conditional else
              " The teacher's guidance is built in, so it samples with guidance scale 1" + again if recipe.extra.get("teacher")
              else f" The guidance scale ({recipe.eval_guidance}) is digits-cond's, kept for a like-for-like comparison"
@@ -471,10 +473,10 @@ tags: [coursekit, diffusion, small-track]
 
 - **Data**: {data_line}
 - **Model**: {model}, {n_params:,} parameters; {schedule}.
-- **Recipe**: {steps} optimizer steps, batch {recipe.batch_size}, AdamW lr {recipe.lr} ({lr_schedule}, {recipe.warmup} warm-up
+- **Recipe**: {steps} optimizer steps, batch {recipe.batch_size}, AdamW lr {recipe.lr} ({lr_schedule}, {warmup} warm-up
   steps), EMA {recipe.ema_decay}, label dropout {recipe.p_uncond}, seed {recipe.seed}.
   Full recipe: `coursekit.zoo.RECIPES[{name!r}]`.
-- **Training time**: {seconds / 60:.1f} minutes on {platform.machine()} CPU, one torch thread{timed}.
+- **Training time**: {seconds / 60:.1f} minutes on {platform.machine()} CPU, {_threads(threads)}{timed}.
 - **Reproduce**: `coursekit train {name} --out DIR` (`--into-package` replaces this shipped checkpoint)
 
 ## Measured quality
@@ -486,20 +488,45 @@ tags: [coursekit, diffusion, small-track]
 """
 
 
-def write_card(out: Path, name: str, unet, steps: int, seconds: float, quality: dict) -> None:
-    """The model card README.md and recipe.json of the checkpoint `unet` saved in `out`."""
+def _threads(n: int) -> str:
+    return "one torch thread" if n == 1 else f"{n} torch threads"
+
+
+def warmup_ran(recipe: Recipe, steps: int) -> int:
+    """The warm-up steps a run of `steps` steps gives the recipe (at most half the run; none for consistency)."""
+    return 0 if recipe.objective == "consistency" else min(recipe.warmup, steps // 2)
+
+
+def write_card(out: Path, name: str, unet, steps: int, seconds: float, quality: dict, threads: int) -> None:
+    """The model card README.md and recipe.json of the checkpoint `unet` saved in `out`, stating what
+    ran: the steps, the warm-up they gave and the torch threads, also kept in recipe.json."""
     recipe = RECIPES[name]
     n_params = sum(p.numel() for p in unet.parameters())
-    (out / "README.md").write_text(_card(name, recipe, n_params, seconds, steps, quality))
-    (out / "recipe.json").write_text(json.dumps({**asdict(recipe), "name": name, "steps": steps,
-                                                 "quality": quality, "train_seconds": round(seconds, 1)},
-                                                indent=2) + "\n")
+    warmup = warmup_ran(recipe, steps)
+    (out / "README.md").write_text(_card(name, recipe, n_params, seconds, steps, quality, warmup, threads))
+    (out / "recipe.json").write_text(json.dumps({**asdict(recipe), "name": name, "steps": steps, "warmup_ran": warmup,
+                                                 "threads": threads, "quality": quality,
+                                                 "train_seconds": round(seconds, 1)}, indent=2) + "\n")
 
 
-def reevaluate(name: str, folder: str | os.PathLike | None = None, per_class: int = 50) -> dict:
-    """Measure a trained checkpoint again with its recipe's evaluation settings; rewrite its card."""
+def reevaluate(name: str, folder: str | os.PathLike | None = None, per_class: int = 50,
+               into_package: bool = False) -> dict:
+    """Measure a trained checkpoint again with its recipe's evaluation settings and rewrite its card:
+    the checkpoint that `coursekit train` wrote in `folder`, or with `into_package` the shipped one."""
+    from . import train as training
+
+    if (folder is None) == (not into_package):
+        raise ZooError("say which card to rewrite: --folder DIR (a checkpoint you trained with `coursekit train`) "
+                       "or --into-package (the one the package ships), not both")
     out = Path(folder) if folder else ZOO_DIR / name
+    if training.inside_package(out) and not into_package:
+        raise ZooError(f"{out} is inside the installed coursekit package; pass --into-package (without --folder) "
+                       "to rewrite a shipped card")
+    if not (out / "recipe.json").is_file():
+        raise ZooError(f"{out} holds no recipe.json: give the folder `coursekit train {name} --out DIR` wrote")
     done = json.loads((out / "recipe.json").read_text())
+    if done.get("name", name) != name:
+        raise ZooError(f"{out} holds the checkpoint {done['name']!r}, not {name!r}")
     if name in LCM_RECIPES:
         from . import stable_diffusion as sd
 
@@ -530,14 +557,19 @@ def reevaluate(name: str, folder: str | os.PathLike | None = None, per_class: in
         return quality
     unet, scheduler = load_model(out)
     quality = evaluate(unet, scheduler, RECIPES[name], per_class=per_class)
-    write_card(out, name, unet, done["steps"], done["train_seconds"], quality)
+    write_card(out, name, unet, done["steps"], done["train_seconds"], quality, done.get("threads", 1))
     return quality
 
 
-def output_folder(out, into_package: bool, default: Path, shortened: bool, what: str) -> Path:
-    """Where a training command writes: `out`, or the package's own `default` only when asked
-    with `into_package` and never for a run shorter than its recipe (a shipped checkpoint is what
-    every notebook loads)."""
+def output_folder(out, into_package: bool, default: Path, shortened: bool, what: str, command: str,
+                  settings: dict | None = None, overwrite: bool = False, work=("training",)) -> Path:
+    """Where a training command writes: `out`, claimed for this run (`train.check_folder`: new, empty,
+    an earlier run of the same command and `settings`, which resumes, or `overwrite`, which also clears
+    the command's own `work` folders there so that nothing resumes from another run), or the package's
+    own `default` only when asked with `into_package` and never for a run shorter than its recipe (a
+    shipped checkpoint is what every notebook loads)."""
+    from . import train as training
+
     if into_package:
         if out is not None:
             raise ZooError("give either an output folder or into_package (--into-package), not both")
@@ -548,35 +580,45 @@ def output_folder(out, into_package: bool, default: Path, shortened: bool, what:
     if out is None:
         raise ZooError(f"say where to write the {what}: --out DIR (a folder of your own), or --into-package to "
                        f"replace the shipped {what} with a full-recipe run")
-    return Path(out)
+    out = training.check_folder(out, command, overwrite)
+    training.run_record(out, {"command": command, **(settings or {})}, overwrite)
+    if overwrite:
+        for name in work:
+            shutil.rmtree(out / name, ignore_errors=True)
+    return out
 
 
 def train_checkpoint(name: str, out: str | os.PathLike | None = None, steps: int | None = None,
                      threads: int | None = None, evaluate_after: bool = True, progress: bool = True,
-                     into_package: bool = False) -> Path:
-    """Retrain zoo checkpoint `name` from its recipe into the folder `out`, or, with
-    `into_package`, into the package's own zoo (full recipe only), with `threads` torch threads."""
+                     into_package: bool = False, overwrite: bool = False) -> Path:
+    """Retrain zoo checkpoint `name` from its recipe into the folder `out` (new or empty, or this
+    recipe's earlier run there, which resumes; `overwrite` writes over a folder holding other files and
+    keeps them), or, with `into_package`, into the package's own zoo (full recipe only), with `threads`
+    torch threads. Checkpoints go to OUT/training, removed once the model is saved."""
+    import torch
+
     from . import train as training
     from .tracks import torch_threads
 
     if name in LCM_RECIPES:
-        return train_lcm_checkpoint(name, out, steps, threads=threads, evaluate_after=evaluate_after,
+        return train_lcm_checkpoint(name, out, steps, threads=threads, evaluate_after=evaluate_after, overwrite=overwrite,
                                     progress=progress, into_package=into_package)
     if name in CONTROL_RECIPES:
-        return train_control_checkpoint(name, out, steps, threads=threads, evaluate_after=evaluate_after,
+        return train_control_checkpoint(name, out, steps, threads=threads, evaluate_after=evaluate_after, overwrite=overwrite,
                                         progress=progress, into_package=into_package)
     if name in TEXT_RECIPES:
-        return train_text_checkpoint(name, out, steps, threads=threads, evaluate_after=evaluate_after,
+        return train_text_checkpoint(name, out, steps, threads=threads, evaluate_after=evaluate_after, overwrite=overwrite,
                                      progress=progress, into_package=into_package)
     if name not in RECIPES:
         raise ZooError(f"no recipe named {name!r}; known: {', '.join(recipe_names())}")
     recipe = RECIPES[name]
     steps = recipe.steps if steps is None else training.positive_int("steps", steps)
-    out = output_folder(out, into_package, ZOO_DIR / name, steps < recipe.steps, f"checkpoint {name!r}")
+    out = output_folder(out, into_package, ZOO_DIR / name, steps < recipe.steps, f"checkpoint {name!r}",
+                        f"coursekit train {name}", {"steps": steps}, overwrite)
     unet, scheduler = build(recipe)
     images, labels = training_images(recipe)
-    work = out.with_name(out.name + ".work")
-    settings = dict(steps=steps, batch_size=recipe.batch_size, lr=recipe.lr, warmup=min(recipe.warmup, steps // 2),
+    work = out / "training"
+    settings = dict(steps=steps, batch_size=recipe.batch_size, lr=recipe.lr, warmup=warmup_ran(recipe, steps),
                     ema_decay=recipe.ema_decay, p_uncond=recipe.p_uncond, seed=recipe.seed, out_dir=work,
                     run={"recipe": name}, progress=progress)
     with torch_threads(threads):
@@ -608,7 +650,8 @@ def train_checkpoint(name: str, out: str | os.PathLike | None = None, steps: int
 
             mel = audio.mel_config(audio.PRESETS[recipe.audio_preset])
             (out / "mel_config.json").write_text(json.dumps(mel, indent=2) + "\n")
-        write_card(out, name, model, steps, result.seconds, evaluate(model, scheduler, recipe) if evaluate_after else {})
+        write_card(out, name, model, steps, result.seconds, evaluate(model, scheduler, recipe) if evaluate_after else {},
+                   torch.get_num_threads())
     shutil.rmtree(work, ignore_errors=True)
     return out
 
@@ -684,7 +727,7 @@ palette colour nearest the mean of the bright pixels.
 
 def train_text_checkpoint(name: str, out=None, steps: int | None = None, vae_steps: int | None = None,
                           threads: int | None = None, evaluate_after: bool = True, progress: bool = True,
-                          into_package: bool = False) -> Path:
+                          into_package: bool = False, overwrite: bool = False) -> Path:
     """Retrain the tiny Stable Diffusion `name` from its recipe: tokenizer, VAE, scaling factor,
     then UNet and text encoder on the VAE's latents; save the pipeline and its card in `out`."""
     import torch
@@ -698,8 +741,9 @@ def train_text_checkpoint(name: str, out=None, steps: int | None = None, vae_ste
     steps = recipe.steps if steps is None else training.positive_int("steps", steps)
     vae_steps = recipe.vae_steps if vae_steps is None else training.positive_int("vae_steps", vae_steps)
     out = output_folder(out, into_package, ZOO_DIR / name, steps < recipe.steps or vae_steps < recipe.vae_steps,
-                        f"checkpoint {name!r}")
-    work = out.with_name(out.name + ".work")
+                        f"checkpoint {name!r}", f"coursekit train {name}", {"steps": steps, "vae_steps": vae_steps},
+                        overwrite)
+    work = out / "training"
     with torch_threads(threads):
         tokenizer = captions.build_tokenizer(work / "tokenizer")
         vae, text, unet, scheduler = sd.build_tiny(tokenizer, recipe.seed)
@@ -718,8 +762,6 @@ def train_text_checkpoint(name: str, out=None, steps: int | None = None, vae_ste
                                         out_dir=work / "unet",
                                         progress=progress)
         best = result.best
-        if out.exists():
-            shutil.rmtree(out)
         sd.save_pipeline(out, vae, best.text_encoder, tokenizer, best.unet, scheduler)
         pipe = sd.load_pipeline(out)
         quality = evaluate_text(pipe, recipe) if evaluate_after else {}
@@ -758,7 +800,8 @@ def evaluate_control(pipe, controlnet, recipe: ControlRecipe, n: int = 100, seed
 
 
 def train_control_checkpoint(name: str, out=None, steps: int | None = None, threads: int | None = None,
-                             evaluate_after: bool = True, progress: bool = True, into_package: bool = False) -> Path:
+                             evaluate_after: bool = True, progress: bool = True, into_package: bool = False,
+                             overwrite: bool = False) -> Path:
     """Retrain the zoo ControlNet `name` from its recipe on its base model; save it (config and
     safetensors, diffusers' `ControlNetModel` layout) with its card in `out`."""
     import torch
@@ -770,8 +813,9 @@ def train_control_checkpoint(name: str, out=None, steps: int | None = None, thre
 
     recipe = CONTROL_RECIPES[name]
     steps = recipe.steps if steps is None else training.positive_int("steps", steps)
-    out = output_folder(out, into_package, ZOO_DIR / name, steps < recipe.steps, f"checkpoint {name!r}")
-    work = out.with_name(out.name + ".work")
+    out = output_folder(out, into_package, ZOO_DIR / name, steps < recipe.steps, f"checkpoint {name!r}",
+                        f"coursekit train {name}", {"steps": steps}, overwrite)
+    work = out / "training"
     with torch_threads(threads):
         pipe = sd.load_pipeline(recipe.base)
         images, texts, _, _ = captions.dataset()
@@ -781,8 +825,6 @@ def train_control_checkpoint(name: str, out=None, steps: int | None = None, thre
                                            batch_size=recipe.batch_size, lr=recipe.lr, p_uncond=recipe.p_uncond,
                                            seed=recipe.seed, out_dir=work, progress=progress)
         net = result.model.eval()
-        if out.exists():
-            shutil.rmtree(out)
         net.save_pretrained(out, safe_serialization=True)
         quality = evaluate_control(pipe, net, recipe) if evaluate_after else {}
         n_params = sum(p.numel() for p in net.parameters())
@@ -896,7 +938,8 @@ adapter, LCMScheduler, guidance 1. Same prompts and noise seed for every row.
 
 
 def train_lcm_checkpoint(name: str, out=None, steps: int | None = None, threads: int | None = None,
-                         evaluate_after: bool = True, progress: bool = True, into_package: bool = False) -> Path:
+                         evaluate_after: bool = True, progress: bool = True, into_package: bool = False,
+                         overwrite: bool = False) -> Path:
     """Distil the zoo LCM-LoRA `name` from its recipe's base model; save the adapter
     (`pytorch_lora_weights.safetensors`) with its card in `out`."""
     import torch
@@ -908,8 +951,9 @@ def train_lcm_checkpoint(name: str, out=None, steps: int | None = None, threads:
 
     recipe = LCM_RECIPES[name]
     steps = recipe.steps if steps is None else training.positive_int("steps", steps)
-    out = output_folder(out, into_package, ZOO_DIR / name, steps < recipe.steps, f"adapter {name!r}")
-    work = out.with_name(out.name + ".work")
+    out = output_folder(out, into_package, ZOO_DIR / name, steps < recipe.steps, f"adapter {name!r}",
+                        f"coursekit train {name}", {"steps": steps}, overwrite)
+    work = out / "training"
     with torch_threads(threads):
         pipe = sd.load_pipeline(recipe.base)
         images, texts, _, _ = captions.dataset()
@@ -917,8 +961,6 @@ def train_lcm_checkpoint(name: str, out=None, steps: int | None = None, threads:
                                           original_steps=recipe.original_steps, steps=steps,
                                           batch_size=recipe.batch_size, lr=recipe.lr, seed=recipe.seed,
                                           out_dir=work, progress=progress)
-        if out.exists():
-            shutil.rmtree(out)
         adapters.save_lora(pipe, out)
         trainable = adapters.trainable_parameters(pipe.unet)
         quality = evaluate_lcm(sd.load_pipeline(recipe.base), out, recipe) if evaluate_after else {}
@@ -940,11 +982,16 @@ def add_commands(sub) -> None:
     t.add_argument("--steps", type=int, help="override the recipe's step count (for quick checks, with --out)")
     t.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     t.add_argument("--no-eval", action="store_true", help="skip the quality evaluation")
+    t.add_argument("--overwrite", action="store_true",
+                   help="write into an --out folder that holds other files (those are kept)")
     t.set_defaults(run=_train_command)
     e = sub.add_parser("evaluate", help="measure a trained checkpoint again and rewrite its model card")
     e.add_argument("name", choices=recipe_names())
-    e.add_argument("--folder", help="checkpoint folder (default: the package's own)")
-    e.set_defaults(run=lambda args: print(json.dumps(reevaluate(args.name, args.folder), indent=2)))
+    e.add_argument("--folder", help="the checkpoint folder `coursekit train NAME --out DIR` wrote")
+    e.add_argument("--into-package", action="store_true",
+                   help="rewrite the card of the checkpoint the package ships (for maintainers)")
+    e.set_defaults(run=lambda args: print(json.dumps(reevaluate(args.name, args.folder, into_package=args.into_package),
+                                                     indent=2)))
 
 
 def _train_command(args) -> None:
@@ -954,7 +1001,7 @@ def _train_command(args) -> None:
         return
     began = time.perf_counter()
     path = train_checkpoint(args.name, args.out, args.steps, args.threads, evaluate_after=not args.no_eval,
-                            into_package=args.into_package)
+                            into_package=args.into_package, overwrite=args.overwrite)
     print(f"wrote {path} in {time.perf_counter() - began:.0f} s")
 
 

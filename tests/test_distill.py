@@ -100,6 +100,8 @@ def test_a_chain_extends_from_a_saved_student_and_refuses_one_it_cannot_find(tmp
     assert [p.name for p in written] == ["digits-cond-1step"]
     record = __import__("json").loads((written[0] / "distill.json").read_text())
     assert [r["from"] for r in record["rounds"]] == [64, 32, 16, 8, 4, 2], "the earlier rounds' history is kept"
+    card = (written[0] / "README.md").read_text()
+    assert "2 or 500 steps per round" in card, "the card states what ran: the shipped rounds' 500 steps and this one's 2"
     assert not list(tmp_path.glob("*.work")), "each round's checkpoints go once its student is saved"
     with pytest.raises(distill.DistillError, match="resume_at must name a saved student"):
         distill.train_chain("digits-cond", tmp_path, steps_per_round=2, resume_at=3)

@@ -165,8 +165,10 @@ def test_every_recipe_trains_for_a_few_steps(name, tmp_path, monkeypatch):
     public = lambda config: json.loads(json.dumps({k: v for k, v in config.items() if not k.startswith("_")}))
     assert type(unet) is type(built)
     assert public(inner(unet).config) == public(inner(built).config)
-    assert "3 optimizer steps" in (out / "README.md").read_text()
-    assert not (tmp_path / f"{name}.work").exists()
+    card = (out / "README.md").read_text()
+    assert "3 optimizer steps" in card and "one torch thread" in card
+    assert f"{zoo.warmup_ran(zoo.RECIPES[name], 3)} warm-up" in card, "the card states the warm-up that ran"
+    assert not (tmp_path / f"{name}.work").exists() and not (out / "training").exists()
 
 
 def test_reevaluate_rewrites_the_card_with_fresh_measurements(tmp_path):
@@ -176,6 +178,16 @@ def test_reevaluate_rewrites_the_card_with_fresh_measurements(tmp_path):
     assert quality["samples"] == 20 and 0 <= quality["conditional_accuracy"] <= 1
     card = (out / "README.md").read_text()
     assert "| conditional_accuracy |" in card and "chosen by sweeping" in card and "2 optimizer steps" in card
+
+
+def test_a_card_states_the_warm_up_and_threads_that_ran_not_the_recipes(tmp_path):
+    out = zoo.train_checkpoint("digits-cond", tmp_path / "m", steps=6, threads=2, evaluate_after=False, progress=False)
+    card = (out / "README.md").read_text()
+    assert zoo.RECIPES["digits-cond"].warmup == 100 and "(cosine, 3 warm-up" in card and "2 torch threads" in card
+    record = json.loads((out / "recipe.json").read_text())
+    assert (record["steps"], record["warmup_ran"], record["threads"]) == (6, 3, 2)
+    zoo.reevaluate("digits-cond", out, per_class=1)
+    assert "(cosine, 3 warm-up" in (out / "README.md").read_text() and "2 torch threads" in (out / "README.md").read_text()
 
 
 def test_zoo_command_line_trains(tmp_path):

@@ -287,6 +287,21 @@ def controlnet_pipeline(pipe, controlnet):
     return out
 
 
+def check_conditions(conditions) -> torch.Tensor:
+    """Condition images as ControlNet takes them: a float tensor (N, 3, H, W) of finite values in [0, 1]
+    (edge maps from `canny`), else an AdapterError naming the fix (0..255 images return NaN otherwise)."""
+    if not isinstance(conditions, torch.Tensor) or conditions.ndim != 4 or conditions.shape[1] != 3:
+        raise AdapterError(f"conditions must be a tensor (N, 3, H, W), such as coursekit.adapters.canny(images) gives, "
+                           f"got {getattr(conditions, 'shape', type(conditions).__name__)}")
+    if not conditions.is_floating_point() or not torch.isfinite(conditions).all():
+        raise AdapterError("conditions must be finite floats in [0, 1]; convert with conditions.float() / 255")
+    low, high = float(conditions.min()), float(conditions.max())
+    if low < 0 or high > 1:
+        hint = " (they look like 0..255: divide by 255)" if high > 1.5 else ""
+        raise AdapterError(f"conditions must lie in [0, 1], got values from {low:g} to {high:g}{hint}")
+    return conditions
+
+
 def controlled_image(pipe, controlnet, prompts, conditions: torch.Tensor, *, steps: int = 25,
                      guidance_scale: float = 7.5, conditioning_scale: float = 1.0,
                      generator: torch.Generator | None = None) -> torch.Tensor:
@@ -294,8 +309,11 @@ def controlled_image(pipe, controlnet, prompts, conditions: torch.Tensor, *, ste
     text-to-image loop with the ControlNet's residuals added at every step."""
     from diffusers.utils.torch_utils import randn_tensor
 
+    from .samplers import check_steps
     from .stable_diffusion import check_prompts, decode, embed, latent_shape
 
+    check_steps(steps, pipe.scheduler)
+    check_conditions(conditions)
     prompts = check_prompts(prompts, len(conditions))
     cond = embed(pipe, prompts)
     uncond = embed(pipe, [""] * len(prompts))

@@ -50,15 +50,26 @@ def partial(digit: int, colour: str) -> tuple[str, str, str]:
         f"{_article(colour)} {colour} digit"
 
 
+FILLER = ("a", "an", "the", "digit", "number")
+
+
 def parse(prompt: str) -> tuple[int | None, str | None]:
-    """(digit, colour) a prompt such as 'a red seven' asks for, None for an attribute it leaves open
-    ('a seven', 'a red digit'), for judging samples against their prompt."""
-    words = str(prompt).lower().split()
+    """(digit, colour) a prompt such as 'a red seven' (or 'a red 7.') asks for, None for an attribute it
+    leaves open ('a seven', 'a red digit'), for judging samples against their prompt. Every word is
+    read: one the captions never use is refused rather than skipped, so no digit is left open by mistake."""
+    import re
+
+    words = re.findall(r"[a-z]+|\d+|[^\sa-z\d.,!]", str(prompt).lower())
+    unknown = [w for w in words if w not in PALETTE and w not in DIGIT_WORDS and w not in FILLER
+               and not (w.isdigit() and len(w) == 1)]
     colours = [w for w in words if w in PALETTE]
-    digits = [DIGIT_WORDS.index(w) for w in words if w in DIGIT_WORDS]
-    if len(colours) > 1 or len(digits) > 1 or not (colours or digits):
-        raise CaptionError(f"{prompt!r} is not a prompt of one colour and one digit, such as 'a red seven' "
-                           f"(colours: {', '.join(PALETTE)}; digits: {', '.join(DIGIT_WORDS)})")
+    digits = [DIGIT_WORDS.index(w) if w in DIGIT_WORDS else int(w) for w in words
+              if w in DIGIT_WORDS or (w.isdigit() and len(w) == 1)]
+    if unknown or len(colours) > 1 or len(digits) > 1 or not (colours or digits):
+        verb = "is not a word" if len(unknown) == 1 else "are not words"
+        unread = f" ({', '.join(repr(w) for w in unknown)} {verb} of the captions)" if unknown else ""
+        raise CaptionError(f"{prompt!r} is not a prompt of one colour and one digit, such as 'a red seven'{unread} "
+                           f"(colours: {', '.join(PALETTE)}; digits: {', '.join(DIGIT_WORDS)} or 0-9)")
     return (digits[0] if digits else None), (colours[0] if colours else None)
 
 

@@ -20,7 +20,7 @@ import os
 import torch
 import torch.nn.functional as F
 
-from .models import as_predictor, not_finite
+from .models import as_predictor, check_objective, declare_objective, not_finite
 from .train import Batch, TrainResult, check_training_data, drop_labels, fit
 
 LEVELS = 16
@@ -79,6 +79,7 @@ def train(unet, images: torch.Tensor, labels: torch.Tensor | None = None, *, ste
     at a level t drawn uniformly from 1..levels, with `coursekit.train.fit`."""
     null = check_training_data(unet, images, labels, p_uncond)
     blur_sigmas(levels, sigma_max)
+    declare_objective(unet, "cold")
 
     def restoration_loss(model, batch: Batch):
         x0 = images[batch.indices]
@@ -102,11 +103,15 @@ def start(images: torch.Tensor, n: int, levels: int = LEVELS, sigma_max: float =
     return flat + noise * torch.randn(flat.shape, generator=generator)
 
 
+START_SPREAD = 0.5   # the largest per-image standard deviation accepted as a start at the last level
+
+
 @torch.no_grad()
 def sample(model, x: torch.Tensor, *, levels: int = LEVELS, sigma_max: float = SIGMA_MAX, steps: int | None = None,
            start: int | None = None, labels=None, guidance_scale: float = 1.0, callback=None) -> torch.Tensor:
     """Restore `x`, degraded to level `start` (T = `levels` by default), with the improved cold
     sampling step, visiting `steps` of the levels (all of them by default) evenly spaced down to 0."""
+    check_objective(model, ("cold",), "coursekit.cold.sample")
     predictor = as_predictor(model, x, labels=labels, guidance_scale=guidance_scale)
     top = levels if start is None else start
     if isinstance(top, bool) or not isinstance(top, int) or not 1 <= top <= levels:
@@ -114,6 +119,12 @@ def sample(model, x: torch.Tensor, *, levels: int = LEVELS, sigma_max: float = S
     steps = top if steps is None else steps
     if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= top:
         raise ColdError(f"steps must be a whole number from 1 to the starting level ({top}), got {steps!r}")
+    spread = float(x.detach().flatten(1).std(1).max()) if x.shape[-1] * x.shape[-2] > 1 else 0.0
+    if top == levels and spread > START_SPREAD:
+        raise ColdError(f"from the last level cold diffusion starts at a fully blurred, nearly flat image, but this "
+                        f"start varies with a standard deviation of {spread:.2f} inside an image (Gaussian noise has "
+                        f"1): start from coursekit.cold.start(images, n) (its `noise` adds a little, as Unit 4 shows), "
+                        "or give `start` the level the images were blurred to")
     ts = torch.linspace(top, 0, steps + 1).round().long().tolist()
     for i, (t, t_next) in enumerate(zip(ts[:-1], ts[1:])):
         x0 = predictor(x, timestep_input(t, levels).to(x.device))

@@ -7,6 +7,11 @@ import time
 
 from . import distill, metrics, models, samplers, zoo
 
+
+class CompareError(ValueError):
+    """A comparison asked for methods or counts that do not exist; the message lists the valid ones."""
+
+
 COMPARED = {
     "DDPM": ("digits-cond", "ddpm"), "DDIM": ("digits-cond", "ddim"), "DPM-Solver++": ("digits-cond", "dpm++"),
     "progressive students": ("digits-cond", "students"), "consistency": ("digits-consistency", None),
@@ -26,6 +31,13 @@ def compare(nfes=(1, 2, 4, 8, 16, 32), per_class: int = 10, methods=None, seed: 
     import torch
     from tqdm.auto import tqdm
 
+    unknown = [m for m in (methods or ()) if m not in COMPARED]
+    if unknown:
+        raise CompareError(f"unknown method(s) {', '.join(map(repr, unknown))}; known: {', '.join(COMPARED)}")
+    if isinstance(nfes, (int, str)) or not nfes or any(isinstance(n, bool) or not isinstance(n, int) or n < 1 for n in nfes):
+        raise CompareError(f"nfes must be a list of whole numbers >= 1 (network calls per sample), got {nfes!r}")
+    if isinstance(per_class, bool) or not isinstance(per_class, int) or per_class < 2:
+        raise CompareError(f"per_class must be a whole number >= 2 (diversity and FD need two samples), got {per_class!r}")
     judge = judge or metrics.digit_judge(16)
     real, _ = zoo.training_images(zoo.RECIPES["digits-cond"])
     labels = torch.arange(10).repeat_interleave(per_class)

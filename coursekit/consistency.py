@@ -30,7 +30,7 @@ import copy
 import torch
 import torch.nn.functional as F
 
-from .models import as_predictor, not_finite, null_label
+from .models import as_predictor, check_objective, declare_objective, not_finite, null_label
 from .samplers import SamplerError, alpha_bar, ddim_step, nested_grid
 
 
@@ -54,7 +54,7 @@ def distill(teacher, scheduler, images: torch.Tensor, labels: torch.Tensor | Non
     null = null_label(teacher)
     if (labels is None) != (null is None):
         raise ConsistencyError("pass labels exactly when the teacher is class-conditional")
-    student = copy.deepcopy(teacher).train().requires_grad_(True)
+    student = declare_objective(copy.deepcopy(teacher).train().requires_grad_(True), "consistency")
     teacher = teacher.eval().requires_grad_(False)
 
     def consistency_loss(model, batch):
@@ -85,6 +85,7 @@ def sample(model, scheduler, x: torch.Tensor, *, steps: int = 1, labels=None, gu
            generator: torch.Generator | None = None, callback=None) -> torch.Tensor:
     """Multistep consistency sampling from the noise `x` at t = 960: map to a clean image, noise it
     to the next grid point with fresh noise, map again; `steps` calls in all (1, 2, 4, ... 64)."""
+    check_objective(model, ("consistency",), "coursekit.consistency.sample")
     predictor = as_predictor(model, x, labels=labels, guidance_scale=guidance_scale)
     ts = nested_grid(steps)
     for i, t in enumerate(ts):

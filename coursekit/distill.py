@@ -35,7 +35,7 @@ from pathlib import Path
 
 import torch
 
-from .models import as_predictor, not_finite, null_label
+from .models import as_predictor, check_objective, not_finite, null_label
 from .samplers import NESTED_T_MAX, SamplerError, alpha_bar, ddim_step, nested_grid
 
 T_MAX = NESTED_T_MAX
@@ -60,6 +60,7 @@ def sample_on_grid(model, scheduler, x: torch.Tensor, *, steps: int, labels=None
     `model` is a UNet (with its labels and guidance scale) or a NoisePredictor."""
     from tqdm.auto import tqdm
 
+    check_objective(model, ("epsilon",), "coursekit.distill.sample_on_grid")
     predictor = as_predictor(model, x, labels=labels, guidance_scale=guidance_scale)
     ts = grid(steps)
     for i, t in enumerate(tqdm(ts, disable=not progress, desc=f"{steps}-step sampling", leave=False)):

@@ -19,7 +19,7 @@ import os
 
 import torch
 
-from .models import as_predictor, not_finite
+from .models import as_predictor, check_objective, declare_objective, not_finite
 from .train import Batch, TrainResult, check_training_data, drop_labels, fit
 
 SIGMA_DATA = 0.5
@@ -69,6 +69,7 @@ def train(unet, images: torch.Tensor, labels: torch.Tensor | None = None, *, ste
     """Train `unet` as EDM's F: the weighted loss lambda(sigma) |D(x0 + sigma n; sigma) - x0|^2 at
     log-normal noise levels, with `coursekit.train.fit`."""
     null = check_training_data(unet, images, labels, p_uncond)
+    declare_objective(unet, "edm")
 
     def edm_loss(model, batch: Batch):
         x0 = images[batch.indices]
@@ -108,6 +109,7 @@ def heun(model, x: torch.Tensor, *, steps: int = 8, labels=None, guidance_scale:
     except the last step to sigma = 0. `callback(step, {"sigma", "x", "x0"})` after each step."""
     from tqdm.auto import tqdm
 
+    check_objective(model, ("edm",), "coursekit.edm.heun")
     predictor = as_predictor(model, x, labels=labels, guidance_scale=guidance_scale)
     sigmas = karras_sigmas(steps).to(x.device)
     x = x * sigmas[0]

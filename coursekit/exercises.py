@@ -51,11 +51,25 @@ class Verdict:
         return ("correct: " if self.correct else "not yet: ") + self.message
 
 
+def _number_like(v) -> bool:
+    import numbers
+
+    import numpy as np
+
+    return (isinstance(v, (torch.Tensor, np.ndarray)) and v.dtype != torch.bool and v.dtype != np.bool_) or \
+        (isinstance(v, numbers.Real) and not isinstance(v, (bool, np.bool_)))
+
+
 def _tensor(x) -> torch.Tensor | None:
-    if isinstance(x, (tuple, list)) and x and all(isinstance(v, (torch.Tensor, float, int)) for v in x):
-        return torch.stack([torch.as_tensor(v, dtype=torch.float64) for v in x])
-    if isinstance(x, (torch.Tensor, float, int)) and not isinstance(x, bool):
-        return torch.as_tensor(x, dtype=torch.float64)
+    """An answer as a float64 tensor, whatever numeric type it came in (Python, NumPy or torch numbers,
+    arrays, tensors on any device, or a tuple or list of them), else None."""
+    if isinstance(x, (tuple, list)) and x and all(_number_like(v) for v in x):
+        parts = [torch.as_tensor(v).detach().cpu().to(torch.float64) for v in x]
+        if all(p.shape == parts[0].shape for p in parts):
+            return torch.stack(parts)
+        return torch.cat([p.flatten() for p in parts])
+    if _number_like(x):
+        return torch.as_tensor(x).detach().cpu().to(torch.float64)
     return None
 
 
@@ -88,12 +102,18 @@ def _diagnose(got: torch.Tensor, want: torch.Tensor, wrongs: list[tuple[str, tor
 
 def check(name: str, answer, trials: int = 3, seed: int | None = None) -> Verdict:
     """Check `answer` (a function, or a number for a measured answer) for the exercise `name`
-    against coursekit's implementation on `trials` fresh random inputs."""
+    against coursekit's implementation on `trials` (>= 1) fresh random inputs. Numbers may come as any
+    numeric type: a Python or NumPy number, a one-element array or tensor."""
+    import numbers
+
     ex = get(name)
+    if isinstance(trials, bool) or not isinstance(trials, numbers.Integral) or trials < 1:
+        raise ExerciseError(f"trials must be a whole number >= 1 (the random inputs to try), got {trials!r}")
     if ex.kind == "value":
         got = _tensor(answer)
-        if got is None or got.ndim:
+        if got is None or got.numel() != 1:
             return Verdict(False, f"give one number, got {type(answer).__name__}")
+        got = got.reshape(())
         want = _tensor(ex.reference())
         if _close(got, want, ex):
             return Verdict(True, "that is what coursekit measures")

@@ -15,7 +15,7 @@ import os
 import torch
 import torch.nn.functional as F
 
-from .models import as_predictor, not_finite
+from .models import as_predictor, check_objective, declare_objective, not_finite
 from .train import Batch, SettingsError, TrainResult, check_training_data, drop_labels, fit
 
 TRAIN_TIMESTEPS = 1000
@@ -62,6 +62,7 @@ def train(unet, images: torch.Tensor, labels: torch.Tensor | None = None, *, ste
     null = check_training_data(unet, images, labels, p_uncond)
     if pairs is not None and pairs.shape != images.shape:
         raise FlowError(f"pairs must hold one noise per image, shape {tuple(images.shape)}, got {tuple(pairs.shape)}")
+    declare_objective(unet, "flow")
 
     def flow_loss(model, batch: Batch):
         x0 = images[batch.indices]
@@ -85,6 +86,7 @@ def euler(model, x: torch.Tensor, *, steps: int = 8, labels=None, guidance_scale
     `callback(step, {"s", "x"})` after each step; guidance is classifier-free, on the velocity."""
     from tqdm.auto import tqdm
 
+    check_objective(model, ("flow",), "coursekit.flow.euler")
     predictor = as_predictor(model, x, labels=labels, guidance_scale=guidance_scale)
     s = sigmas(steps).to(x.device)
     for i in tqdm(range(steps), disable=not progress, desc="sampling", leave=False):

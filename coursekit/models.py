@@ -33,6 +33,53 @@ def not_finite(x: torch.Tensor) -> bool:
     return not x.is_meta and not bool(torch.isfinite(x).all())
 
 
+OBJECTIVES = {
+    "epsilon": ("noise prediction", "coursekit.samplers.ddim (or ddpm, sample)"),
+    "v_prediction": ("v-prediction", "coursekit.samplers.ddim (or ddpm, sample)"),
+    "sample": ("clean-image prediction", "coursekit.samplers.ddim (or ddpm, sample)"),
+    "flow": ("flow matching (velocity)", "coursekit.flow.euler"),
+    "edm": ("EDM's preconditioned F", "coursekit.edm.heun"),
+    "consistency": ("consistency distillation", "coursekit.consistency.sample"),
+    "cold": ("blur restoration (cold diffusion)", "coursekit.cold.sample"),
+}
+SCHEDULER_OBJECTIVES = {"FlowMatchEulerDiscreteScheduler": "flow", "EDMEulerScheduler": "edm",
+                        "LCMScheduler": "consistency", "BlurSchedule": "cold"}
+
+
+def declare_objective(model, objective: str):
+    """Mark `model` with what it was trained to predict (one of `OBJECTIVES`), so that every sampler can
+    refuse a model of another objective; `load_model`, `zoo.build` and the training loops do it."""
+    if objective not in OBJECTIVES:
+        raise ModelError(f"unknown objective {objective!r}; known: {', '.join(OBJECTIVES)}")
+    model.coursekit_objective = objective
+    return model
+
+
+def objective_of(model) -> str | None:
+    """What `model` (or a NoisePredictor's UNet) declares it predicts (see `declare_objective`), or None
+    for a model built by hand."""
+    if isinstance(model, NoisePredictor):
+        model = model.unet
+    return getattr(model, "coursekit_objective", None)
+
+
+def scheduler_objective(scheduler) -> str:
+    """The objective a saved model's scheduler stands for: its class for flow, EDM, consistency and cold
+    diffusion, else the DDPM family's `prediction_type` (epsilon, v_prediction or sample)."""
+    name = type(scheduler).__name__
+    return SCHEDULER_OBJECTIVES.get(name) or scheduler.config.get("prediction_type", "epsilon")
+
+
+def check_objective(model, wanted: tuple[str, ...], sampler: str) -> None:
+    """Refuse a model that declares another objective than one of `wanted`: `sampler` would run on it
+    without an error and return images of chance quality. The message names the sampler that fits."""
+    declared = objective_of(model)
+    if declared is not None and declared not in wanted:
+        what, right = OBJECTIVES[declared]
+        raise ModelError(f"{sampler} samples models trained for {OBJECTIVES[wanted[0]][0]}, but this model was trained "
+                         f"for {what}: sample it with {right} (coursekit.zoo.draw picks the sampler for a zoo model)")
+
+
 def null_label(unet) -> int | None:
     """The 'no class' label of a class-conditional UNet (its last class), or None if unconditional."""
     n = getattr(unet.config, "num_class_embeds", None)
@@ -280,9 +327,9 @@ def load_model(name: str | os.PathLike, device="cpu"):
         raise ModelError(f"{folder} has no scheduler_config.json (looked in scheduler/ and the top level)")
     sched_name = json.loads(sched_file.read_text()).get("_class_name", "DDPMScheduler")
     sched_cls = SCHEDULE_CLASSES.get(sched_name) or getattr(diffusers, sched_name)
-    if sched_cls is BlurSchedule:
-        return unet, BlurSchedule.from_config(BlurSchedule.load_config(sched_dir))
-    return unet, sched_cls.from_pretrained(sched_dir)
+    scheduler = (BlurSchedule.from_config(BlurSchedule.load_config(sched_dir)) if sched_cls is BlurSchedule
+                 else sched_cls.from_pretrained(sched_dir))
+    return declare_objective(unet, scheduler_objective(scheduler)), scheduler
 
 
 def save_model(unet, scheduler, folder: str | os.PathLike) -> Path:

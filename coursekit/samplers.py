@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .models import ModelError, NoisePredictor, as_predictor, not_finite
+from .models import OBJECTIVES, SCHEDULER_OBJECTIVES, ModelError, NoisePredictor, as_predictor, check_objective, not_finite
 
 
 class SamplerError(ModelError):
@@ -69,6 +69,7 @@ def sample(model, scheduler, x: torch.Tensor, *, steps: int = 25, labels=None,
     """
     from tqdm.auto import tqdm
 
+    check_objective(model, ("epsilon", "v_prediction", "sample"), "coursekit.samplers.sample (DDPM, DDIM, ...)")
     predictor = as_predictor(model, x, labels=labels, guidance_scale=guidance_scale)
     check_noise_schedule(scheduler)
     check_steps(steps, scheduler)
@@ -129,20 +130,15 @@ def spaced(cls, scheduler, **extra):
     return cls.from_config(scheduler.config, **{**settings, **extra})
 
 
-OTHER_OBJECTIVES = {"FlowMatchEulerDiscreteScheduler": "flow matching: sample it with coursekit.flow.euler",
-                    "EDMEulerScheduler": "EDM: sample it with coursekit.edm.heun",
-                    "LCMScheduler": "consistency: sample it with coursekit.consistency.sample",
-                    "BlurSchedule": "cold diffusion (blur restoration): sample it with coursekit.cold.sample"}
-
-
 def check_noise_schedule(scheduler) -> None:
     """Refuse the scheduler of a model trained for another objective than noise prediction on a
     DDPM noise schedule: DDIM and the others would run on the wrong schedule without an error."""
     name = type(scheduler).__name__
-    kind = OTHER_OBJECTIVES.get(name) or OTHER_OBJECTIVES.get(scheduler.config.get("_class_name", ""))
-    if kind:
-        raise SamplerError(f"this model comes with a {name}, so it was trained for {kind} (coursekit.zoo.draw "
-                           "picks the right sampler for a zoo model)")
+    objective = SCHEDULER_OBJECTIVES.get(name) or SCHEDULER_OBJECTIVES.get(scheduler.config.get("_class_name", ""))
+    if objective:
+        what, right = OBJECTIVES[objective]
+        raise SamplerError(f"this model comes with a {name}, so it was trained for {what}: sample it with {right} "
+                           "(coursekit.zoo.draw picks the sampler for a zoo model)")
 
 
 def check_steps(steps, scheduler) -> int:

@@ -243,6 +243,9 @@ def inpaint(pipe, images: torch.Tensor, mask: torch.Tensor, prompts, *, steps: i
     the sample has reached, so only the masked part is generated, in keeping with what surrounds it."""
     from diffusers.utils.torch_utils import randn_tensor
 
+    from .samplers import check_steps
+
+    check_steps(steps, pipe.scheduler)
     z0 = encode(pipe, images)
     mask = check_mask(mask, images)
     keep = 1 - F.interpolate(mask, size=z0.shape[-2:], mode="area").gt(0).float().to(z0)

@@ -420,7 +420,10 @@ def train(unet, scheduler, images: torch.Tensor, labels: torch.Tensor | None = N
     batch_size is per process and per micro-batch; the other keywords are `fit`'s (`run` describes
     the model and data for the run folder's record).
     """
+    from .models import declare_objective
+
     null = check_training_data(unet, images, labels, p_uncond)
+    declare_objective(unet, "epsilon")
 
     def noise_prediction_loss(model, batch: Batch):
         x_t, t, eps = noisy_batch(scheduler, images[batch.indices], batch.generator)

@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from .models import CHECKPOINTS as ZOO_DIR
-from .models import ClassChannelsUNet, ClassDiT, load_model, save_model
+from .models import ClassChannelsUNet, ClassDiT, declare_objective, load_model, save_model
 
 
 class ZooError(ValueError):
@@ -244,8 +244,8 @@ TEXT_RECIPES = {
 
 
 def build(recipe: Recipe):
-    """A freshly initialised model and DDPMScheduler for `recipe`, the same for the same seed
-    (torch's global random state is left as it was)."""
+    """A freshly initialised model, declaring the recipe's objective, and the scheduler that goes with
+    that objective, the same for the same seed (torch's global random state is left as it was)."""
     import torch
     from diffusers import DDPMScheduler, UNet2DModel
 
@@ -262,6 +262,7 @@ def build(recipe: Recipe):
             size = recipe.size if not recipe.audio_preset else recipe.shape
             unet = UNet2DModel(sample_size=size, in_channels=recipe.channels,
                                out_channels=recipe.channels, **recipe.unet, **extra)
+    declare_objective(unet, recipe.objective)
     if recipe.objective == "flow":
         from . import flow
 

@@ -1,6 +1,7 @@
 """Bad input to training, sampling and the training commands: each case is refused at the
 entrance with its error type and a message that names the fix, and nothing is written."""
 import math
+import re
 
 import pytest
 import torch
@@ -179,3 +180,67 @@ def test_python_dash_m_commands_refuse_in_one_line_too(module, argv):
                           timeout=120)
     assert done.returncode == 1 and "Traceback" not in done.stderr
     assert "--out DIR" in done.stderr and len(done.stderr.strip().splitlines()) == 1
+
+
+OBJECTIVE_MODELS = {"epsilon": "digits-cond", "flow": "digits-flow", "edm": "digits-edm",
+                    "consistency": "digits-consistency", "cold": "digits-cold"}
+
+
+def _draw(objective, unet, scheduler, y):
+    """One call of the sampler made for `objective` on `unet`."""
+    from coursekit import cold, consistency, edm, flow
+
+    x = torch.randn(len(y), 1, 16, 16, generator=torch.Generator().manual_seed(0))
+    if objective == "epsilon":
+        return samplers.ddim(unet, scheduler, x, steps=1, labels=y, progress=False)
+    if objective == "flow":
+        return flow.euler(unet, x, steps=1, labels=y)
+    if objective == "edm":
+        return edm.heun(unet, x, steps=1, labels=y)
+    if objective == "consistency":
+        return consistency.sample(unet, scheduler, x, steps=1, labels=y)
+    real, _ = zoo.training_images(zoo.RECIPES["digits-cold"])
+    return cold.sample(unet, cold.start(real, len(y)), steps=1, labels=y)
+
+
+@pytest.mark.parametrize("sampler", sorted(OBJECTIVE_MODELS))
+@pytest.mark.parametrize("objective", sorted(OBJECTIVE_MODELS))
+def test_every_sampler_refuses_a_model_of_another_objective_naming_the_right_one(objective, sampler):
+    """Each zoo model declares what it predicts when loaded; each sampler runs only models of its own
+    objective, and names the sampler that fits the others (they used to return chance-level images)."""
+    from coursekit import models
+
+    unet, scheduler = models.load_model(OBJECTIVE_MODELS[objective])
+    assert models.objective_of(unet) == objective
+    y = torch.arange(2)
+    if sampler == objective:
+        assert torch.isfinite(_draw(sampler, unet, scheduler, y)).all()
+    else:
+        what, right = models.OBJECTIVES[objective]
+        with pytest.raises((models.ModelError, samplers.SamplerError),
+                           match=rf"trained for {re.escape(what)}.*sample it with {re.escape(right.split()[0])}"):
+            _draw(sampler, unet, scheduler, y)
+
+
+def test_a_fresh_or_trained_model_declares_the_objective_it_is_trained_for():
+    from coursekit import flow, models
+
+    fresh, _ = zoo.build(zoo.RECIPES["digits-flow"])
+    assert models.objective_of(fresh) == "flow"
+    result = flow.train(zoo.build(zoo.RECIPES["digits-cond"])[0], images(8).repeat(1, 1, 2, 2), torch.arange(8) % 10,
+                        steps=1, batch_size=4, warmup=0, progress=False)
+    assert models.objective_of(result.unet) == "flow", "flow matching training makes an epsilon model a flow model"
+    with pytest.raises(models.ModelError, match="sample it with coursekit.flow.euler"):
+        samplers.ddim(result.unet, tiny_scheduler(), torch.randn(1, 1, 16, 16), steps=1, labels=torch.tensor([1]),
+                      progress=False)
+    with pytest.raises(models.ModelError, match="unknown objective 'noise'"):
+        models.declare_objective(fresh, "noise")
+
+
+def test_cold_sampling_from_gaussian_noise_is_refused_and_names_the_flat_start():
+    from coursekit import cold, models
+
+    unet, blur = models.load_model("digits-cold")
+    with pytest.raises(cold.ColdError, match=r"standard deviation of 1\.0.*coursekit\.cold\.start"):
+        cold.sample(unet, torch.randn(2, 1, 16, 16, generator=torch.Generator().manual_seed(0)),
+                    levels=blur.config.levels, sigma_max=blur.config.sigma_max, labels=torch.arange(2))

@@ -65,9 +65,13 @@ def lora_state_dict(unet, name: str = "default") -> dict:
 
 def save_lora(pipe, folder: str | os.PathLike, name: str = "default") -> Path:
     """Write the UNet's LoRA adapter as `pytorch_lora_weights.safetensors` in `folder`, the standard
-    file `pipe.load_lora_weights(folder)` reads; returns the file's path."""
+    file `pipe.load_lora_weights(folder)` reads, with the adapter's peft config (rank, alpha, targets) in
+    the file's metadata, so an adapter whose alpha is not its rank reloads at its own scale; returns the
+    file's path."""
     folder = Path(folder)
-    type(pipe).save_lora_weights(folder, unet_lora_layers=lora_state_dict(pipe.unet, name), safe_serialization=True)
+    config = pipe.unet.peft_config[name].to_dict()
+    type(pipe).save_lora_weights(folder, unet_lora_layers=lora_state_dict(pipe.unet, name), safe_serialization=True,
+                                 unet_lora_adapter_metadata=config)
     return folder / LORA_FILE
 
 

@@ -268,8 +268,10 @@ UNIT2_CLASSES = "unit2/02_class_conditioned.ipynb"
 UNIT4_NEW = "unit4/04_new_directions.ipynb"
 
 def _heads_inputs(g):
-    b, n, m = (int(v) for v in torch.randint(1, 6, (3,), generator=g))
-    heads = int(torch.randint(1, 4, (1,), generator=g))
+    """Never one head (splitting would change nothing) nor one key (any scale gives softmax 1)."""
+    b, n = (int(v) for v in torch.randint(1, 6, (2,), generator=g))
+    m = int(torch.randint(2, 6, (1,), generator=g))
+    heads = int(torch.randint(2, 5, (1,), generator=g))
     d = heads * int(torch.randint(2, 5, (1,), generator=g))
     r = lambda *shape: torch.randn(shape, generator=g, dtype=torch.float64)
     return r(b, n, d), r(b, m, d), r(b, m, d), heads
@@ -301,9 +303,12 @@ def _latent_ratio(shrink_channels=False):
 
 
 def _lora_inputs(g):
+    """alpha never equal to the rank, where the scale alpha / r is 1 and leaving it out would pass."""
     n, d_in, d_out, r = (int(v) for v in torch.randint(2, 7, (4,), generator=g))
     x = lambda *shape: torch.randn(shape, generator=g, dtype=torch.float64)
-    return x(n, d_in), x(d_out, d_in), x(r, d_in), x(d_out, r), float(torch.randint(1, 17, (1,), generator=g)), r
+    alpha = float(torch.randint(1, 16, (1,), generator=g))
+    alpha = alpha + 1 if alpha >= r else alpha
+    return x(n, d_in), x(d_out, d_in), x(r, d_in), x(d_out, r), alpha, r
 
 
 def _lora_merge_inputs(g):
@@ -579,7 +584,7 @@ EXERCISES = {ex.name: ex for ex in [
         "Measure it: make a mel image of a slice and count the samples it needs.",
         reference=_image_seconds,
         mistakes=(),
-        hint="frames times the hop length, in samples, over the sample rate", rtol=2e-3),
+        hint="frames times the hop length, in samples, over the sample rate", rtol=5e-3),   # 1.02 as printed
     Exercise(
         "unit4.one_step_eps", UNIT4_FASTER,
         "one_step_eps(z, z_target, ab_t, ab_next): the noise estimate with which one DDIM step from z (at ab_t) "

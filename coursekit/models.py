@@ -212,8 +212,9 @@ class ClassChannelsUNet(ModelMixin, ConfigMixin):
 class ClassDiT(ModelMixin, ConfigMixin):
     """A transformer denoiser (DiT; Peebles and Xie 2023): the image is cut into patches, each patch
     becomes a token, and transformer blocks whose LayerNorms are shifted, scaled and gated by an
-    embedding of the time and the class (adaLN-Zero, gates starting at zero so each block starts as
-    the identity) predict the noise; diffusers' `DiTTransformer2DModel` inside.
+    embedding of the time and the class (adaLN-Zero: the layers that compute every shift, scale and gate,
+    and the output layer, start at zero as in the paper, so each block starts as the identity and a
+    fresh model predicts zero) predict the noise; diffusers' `DiTTransformer2DModel` inside.
 
     It behaves like a class-conditional diffusers UNet (`model(x, t, class_labels=y).sample`,
     `config.num_class_embeds` with the last label meaning 'no class') and saves and loads like one.
@@ -239,6 +240,10 @@ class ClassDiT(ModelMixin, ConfigMixin):
         for m in self.dit.modules():
             if isinstance(m, LabelEmbedding):
                 m.dropout_prob = 0.0
+        for layer in [block.norm1.linear for block in self.dit.transformer_blocks] + [self.dit.proj_out_1,
+                                                                                       self.dit.proj_out_2]:
+            torch.nn.init.zeros_(layer.weight)
+            torch.nn.init.zeros_(layer.bias)
 
     def forward(self, sample, timestep, class_labels=None, return_dict: bool = True):
         if class_labels is None:

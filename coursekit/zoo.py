@@ -660,13 +660,14 @@ def train_checkpoint(name: str, out: str | os.PathLike | None = None, steps: int
 def evaluate_text(pipe, recipe: TextRecipe, per_pair: int = 4, guidance_scale: float | None = None,
                   seed: int = 1) -> dict:
     """Prompt accuracy of a tiny Stable Diffusion by `captions.prompt_judge()`: `per_pair` samples of
-    each digit-colour pair seen in training, and 2 * `per_pair` of each held-out pair."""
+    each digit-colour pair seen in training, and 2 * `per_pair` of each held-out pair; beside it the
+    digit accuracy by `captions.second_judge()`, which reads them another way."""
     import torch
 
     from . import captions
     from . import stable_diffusion as sd
 
-    judge = captions.prompt_judge()
+    judge, second = captions.prompt_judge(), captions.second_judge()
     scale = recipe.eval_guidance if guidance_scale is None else guidance_scale
     seen = [captions.caption(d, c) for d in range(10) for c in captions.COLOURS if (d, c) not in captions.HELD_OUT]
     held = [captions.caption(d, c) for d, c in captions.HELD_OUT]
@@ -680,6 +681,7 @@ def evaluate_text(pipe, recipe: TextRecipe, per_pair: int = 4, guidance_scale: f
         out[f"{what}_prompt_accuracy"] = round(scores["both"], 4)
         out[f"{what}_digit_accuracy"] = round(scores["digit"], 4)
         out[f"{what}_colour_accuracy"] = round(scores["colour"], 4)
+        out[f"{what}_digit_accuracy_second_judge"] = round(second.digit_accuracy(x, prompts), 4)
     return out
 
 
@@ -717,8 +719,10 @@ tags: [coursekit, stable-diffusion, small-track]
 - **Reproduce**: `coursekit train {name} --out DIR` (`--into-package` replaces this shipped checkpoint)
 
 ## Measured quality
-Judged by `coursekit.captions.prompt_judge()`: the digit by a classifier fit on real digits only, the colour as the
-palette colour nearest the mean of the bright pixels.
+Judged by `coursekit.captions.prompt_judge()`: the digit by a classifier fit on real digits only (with thicker,
+thinner and softer redrawings of their strokes), the colour as the palette colour nearest the mean of the bright
+pixels. The `_second_judge` rows read the same samples' digits with `coursekit.captions.second_judge()`, a small
+network trained on real digits another way, as a check on the first.
 
 | measure | value |
 | --- | --- |

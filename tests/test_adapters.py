@@ -1,5 +1,7 @@
 """LoRA and ControlNet helpers against peft's layers and diffusers' own ControlNet pipeline, on tiny
 random pipelines saved in the real layout; Canny conditions prepared as the canny ControlNet's."""
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -165,3 +167,35 @@ def test_the_same_lora_call_gives_the_same_adapter_whatever_ran_before(pipe):
     a = {k: v for k, v in pipe.unet.state_dict().items() if "lora" in k}
     b = {k: v for k, v in other.state_dict().items() if "lora" in k}
     assert a and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("loader", ["coursekit", "diffusers"])
+def test_an_adapter_with_alpha_twice_its_rank_reloads_at_its_own_scale(pipe, tmp_path, loader):
+    """The saved file carries the adapter's config (rank, alpha, targets) in its metadata; without it both
+    coursekit and diffusers' `load_lora_weights` would rebuild the adapter at alpha = rank, half its effect."""
+    from safetensors import safe_open
+
+    adapters.add_lora(pipe.unet, rank=2, alpha=4)
+    for name, p in pipe.unet.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(p, std=0.5, generator=torch.Generator().manual_seed(0))
+    path = adapters.save_lora(pipe, tmp_path / "lora")
+    with safe_open(str(path), "pt") as f:
+        saved = json.loads(f.metadata()["lora_adapter_metadata"])
+    assert (saved["unet.r"], saved["unet.lora_alpha"]) == (2, 4)
+    g = lambda: torch.Generator().manual_seed(1)
+    want = sd.text_to_image(pipe, "a cat", steps=2, guidance_scale=2.0, generator=g())
+    fresh = sd.load_pipeline(str(tmp_path / "pipe"))
+    if loader == "coursekit":
+        adapters.load_lora(fresh, tmp_path / "lora")
+    else:
+        fresh.load_lora_weights(str(tmp_path / "lora"))
+    torch.testing.assert_close(sd.text_to_image(fresh, "a cat", steps=2, guidance_scale=2.0, generator=g()), want,
+                               atol=1e-4, rtol=0)
+    if loader == "diffusers":      # the same weights saved without the config reload at alpha = rank: another model
+        type(pipe).save_lora_weights(tmp_path / "bare", unet_lora_layers=adapters.lora_state_dict(pipe.unet),
+                                     safe_serialization=True)
+        bare = sd.load_pipeline(str(tmp_path / "pipe"))
+        bare.load_lora_weights(str(tmp_path / "bare"))
+        assert not torch.allclose(sd.text_to_image(bare, "a cat", steps=2, guidance_scale=2.0, generator=g()), want,
+                                  atol=1e-3)

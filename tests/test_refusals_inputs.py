@@ -83,3 +83,23 @@ def test_controlnet_conditions_outside_zero_to_one_are_refused_not_turned_into_n
     controlnet = adapters.load_controlnet("tiny-sd-controlnet")
     with pytest.raises(adapters.AdapterError, match=message):
         adapters.controlled_image(tiny_sd, controlnet, ["a red seven"], conditions, steps=2)
+
+
+def test_a_measured_answer_is_accepted_as_the_notebook_prints_it():
+    assert exercises.check("unit4.image_seconds", 1.02).correct, "the notebook prints the slice as 1.02 s"
+    assert not exercises.check("unit4.image_seconds", 1.1).correct
+
+
+def _one_head(q, k, v, heads):
+    return torch.softmax(q @ k.transpose(-1, -2) / q.shape[-1] ** 0.5, -1) @ v
+
+
+def _lora_without_scale(x, w, a, b, alpha, r):
+    return x @ w.T + (x @ a.T) @ b.T
+
+
+@pytest.mark.parametrize("name,wrong", [("unit3.attention_heads", _one_head), ("unit3.lora_linear", _lora_without_scale)])
+def test_no_random_draw_lets_a_known_mistake_pass(name, wrong):
+    """The random inputs exclude degenerate draws: one head (splitting changes nothing) and alpha = rank
+    (a scale of 1), where leaving the step out would be judged correct."""
+    assert not any(exercises.check(name, wrong, trials=1, seed=seed).correct for seed in range(200))

@@ -112,6 +112,8 @@ def load_lora(pipe, folder: str | os.PathLike, name: str = "default", scale: flo
     no LoRA keys."""
     from .stable_diffusion import quiet_loading
 
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or scale != scale or abs(scale) == float("inf"):
+        raise AdapterError(f"scale must be a finite number (0: the base model, 1: the adapter as trained), got {scale!r}")
     folder = lora_folder(folder)
     with quiet_loading():
         pipe.load_lora_weights(str(folder), weight_name=LORA_FILE, adapter_name=name)
@@ -259,6 +261,7 @@ def train_controlnet(pipe, controlnet, images: torch.Tensor, prompts, conditions
     from .train import fit, noisy_batch
 
     prompts = check_pairs(pipe, images, prompts)
+    check_conditions(conditions)
     if conditions.shape != images.shape:
         raise AdapterError(f"conditions must match the images' shape {tuple(images.shape)}, got {tuple(conditions.shape)}")
     pipe.unet.requires_grad_(False)
@@ -318,6 +321,13 @@ def controlled_image(pipe, controlnet, prompts, conditions: torch.Tensor, *, ste
 
     check_steps(steps, pipe.scheduler)
     check_conditions(conditions)
+    size = latent_shape(pipe, 1)[-1] * pipe.vae_scale_factor
+    if tuple(conditions.shape[-2:]) != (size, size):
+        raise AdapterError(f"conditions must be image-sized for this pipeline, {size}x{size}, got "
+                           f"{tuple(conditions.shape[-2:])}; make them with coursekit.adapters.canny(images)")
+    for name, value in (("guidance_scale", guidance_scale), ("conditioning_scale", conditioning_scale)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < float("inf"):
+            raise AdapterError(f"{name} must be a finite number >= 0 (1: as trained), got {value!r}")
     prompts = check_prompts(prompts, len(conditions))
     cond = embed(pipe, prompts)
     uncond = embed(pipe, [""] * len(prompts))

@@ -20,7 +20,7 @@ import os
 import torch
 import torch.nn.functional as F
 
-from .models import as_predictor, check_objective, declare_objective, not_finite
+from .models import as_predictor, check_objective, check_size, declare_objective, not_finite
 from .train import Batch, TrainResult, check_training_data, drop_labels, fit
 
 LEVELS = 16
@@ -57,6 +57,9 @@ def degrade(x0: torch.Tensor, t, levels: int = LEVELS, sigma_max: float = SIGMA_
     """x0 blurred to level t (an int, or one level per image)."""
     sigmas = blur_sigmas(levels, sigma_max)
     t = torch.as_tensor(t).reshape(-1)
+    if t.is_floating_point() or t.numel() == 0 or t.min() < 0 or t.max() > levels:
+        raise ColdError(f"t is a whole blur level from 0 (sharp) to {levels} (the last), one for all or one per image; "
+                        f"got {t.tolist()[:8]}")
     if t.numel() == 1:
         return blur(x0, float(sigmas[int(t)]))
     out = torch.empty_like(x0)
@@ -99,6 +102,10 @@ def start(images: torch.Tensor, n: int, levels: int = LEVELS, sigma_max: float =
           generator: torch.Generator | None = None) -> torch.Tensor:
     """Starting points for generation: `n` copies of the mean fully blurred training image, plus
     Gaussian noise of standard deviation `noise` (0: every sample of a class starts the same)."""
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ColdError(f"n is the number of starting points, a whole number >= 1, got {n!r}")
+    if not 0 <= noise < float("inf"):
+        raise ColdError(f"noise is a standard deviation, a finite number >= 0 (0.3 is what Unit 4 tries), got {noise}")
     flat = degrade(images, levels, levels, sigma_max).mean(0, keepdim=True).expand(n, -1, -1, -1)
     return flat + noise * torch.randn(flat.shape, generator=generator)
 
@@ -112,6 +119,7 @@ def sample(model, x: torch.Tensor, *, levels: int = LEVELS, sigma_max: float = S
     """Restore `x`, degraded to level `start` (T = `levels` by default), with the improved cold
     sampling step, visiting `steps` of the levels (all of them by default) evenly spaced down to 0."""
     check_objective(model, ("cold",), "coursekit.cold.sample")
+    check_size(model, x, "coursekit.cold.sample")
     predictor = as_predictor(model, x, labels=labels, guidance_scale=guidance_scale)
     top = levels if start is None else start
     if isinstance(top, bool) or not isinstance(top, int) or not 1 <= top <= levels:

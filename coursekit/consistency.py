@@ -30,7 +30,7 @@ import copy
 import torch
 import torch.nn.functional as F
 
-from .models import as_predictor, check_objective, declare_objective, not_finite, null_label
+from .models import as_predictor, check_objective, check_size, declare_objective, not_finite, null_label
 from .samplers import SamplerError, alpha_bar, ddim_step, nested_grid
 
 
@@ -86,6 +86,7 @@ def sample(model, scheduler, x: torch.Tensor, *, steps: int = 1, labels=None, gu
     """Multistep consistency sampling from the noise `x` at t = 960: map to a clean image, noise it
     to the next grid point with fresh noise, map again; `steps` calls in all (1, 2, 4, ... 64)."""
     check_objective(model, ("consistency",), "coursekit.consistency.sample")
+    check_size(model, x, "coursekit.consistency.sample")
     predictor = as_predictor(model, x, labels=labels, guidance_scale=guidance_scale)
     ts = nested_grid(steps)
     for i, t in enumerate(ts):

@@ -19,7 +19,7 @@ import os
 
 import torch
 
-from .models import as_predictor, check_objective, declare_objective, not_finite
+from .models import as_predictor, check_objective, check_size, declare_objective, not_finite
 from .train import Batch, TrainResult, check_training_data, drop_labels, fit
 
 SIGMA_DATA = 0.5
@@ -91,6 +91,11 @@ def karras_sigmas(steps: int, sigma_min: float = SIGMA_MIN, sigma_max: float = S
     """`steps` noise levels from sigma_max down to sigma_min, evenly spaced in sigma^(1/rho), then 0."""
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise EDMError(f"steps must be a whole number >= 1, got {steps!r}")
+    if not 0 < sigma_min < sigma_max < float("inf"):
+        raise EDMError(f"need 0 < sigma_min < sigma_max (finite); got sigma_min {sigma_min}, sigma_max {sigma_max} "
+                       f"(EDM's: {SIGMA_MIN} and {SIGMA_MAX})")
+    if not 0 < rho < float("inf"):
+        raise EDMError(f"rho must be a finite number > 0 (EDM's {RHO} puts more steps at low noise), got {rho}")
     ramp = torch.linspace(0, 1, steps) if steps > 1 else torch.zeros(1)
     inv = sigma_max ** (1 / rho) + ramp * (sigma_min ** (1 / rho) - sigma_max ** (1 / rho))
     return torch.cat([inv ** rho, torch.zeros(1)])
@@ -110,6 +115,7 @@ def heun(model, x: torch.Tensor, *, steps: int = 8, labels=None, guidance_scale:
     from tqdm.auto import tqdm
 
     check_objective(model, ("edm",), "coursekit.edm.heun")
+    check_size(model, x, "coursekit.edm.heun")
     predictor = as_predictor(model, x, labels=labels, guidance_scale=guidance_scale)
     sigmas = karras_sigmas(steps).to(x.device)
     x = x * sigmas[0]

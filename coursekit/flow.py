@@ -15,7 +15,7 @@ import os
 import torch
 import torch.nn.functional as F
 
-from .models import as_predictor, check_objective, declare_objective, not_finite
+from .models import as_predictor, check_objective, check_size, declare_objective, not_finite
 from .train import Batch, SettingsError, TrainResult, check_training_data, drop_labels, fit
 
 TRAIN_TIMESTEPS = 1000
@@ -27,6 +27,9 @@ class FlowError(ValueError):
 
 def interpolate(x0: torch.Tensor, noise: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
     """The point at time `s` (one per image) on the straight line from x0 (s = 0) to noise (s = 1)."""
+    s = torch.as_tensor(s, dtype=x0.dtype, device=x0.device)
+    if not torch.isfinite(s).all() or s.min() < 0 or s.max() > 1:
+        raise FlowError("s is the time along the line, in [0, 1] (0: the data, 1: the noise); got values outside it")
     s = s.reshape(-1, *([1] * (x0.ndim - 1)))
     return (1 - s) * x0 + s * noise
 
@@ -87,6 +90,7 @@ def euler(model, x: torch.Tensor, *, steps: int = 8, labels=None, guidance_scale
     from tqdm.auto import tqdm
 
     check_objective(model, ("flow",), "coursekit.flow.euler")
+    check_size(model, x, "coursekit.flow.euler")
     predictor = as_predictor(model, x, labels=labels, guidance_scale=guidance_scale)
     s = sigmas(steps).to(x.device)
     for i in tqdm(range(steps), disable=not progress, desc="sampling", leave=False):

@@ -70,6 +70,19 @@ def scheduler_objective(scheduler) -> str:
     return SCHEDULER_OBJECTIVES.get(name) or scheduler.config.get("prediction_type", "epsilon")
 
 
+def check_size(model, x: torch.Tensor, sampler: str) -> None:
+    """Refuse images of another height and width than the model was trained on (its config's
+    `sample_size`): a UNet runs at any size and returns images of chance quality."""
+    unet = model.unet if isinstance(model, NoisePredictor) else model
+    size = getattr(getattr(unet, "config", None), "sample_size", None)
+    if size is None or not isinstance(x, torch.Tensor) or x.ndim != 4:
+        return
+    wanted = (size, size) if isinstance(size, int) else tuple(size)
+    if tuple(x.shape[-2:]) != wanted:
+        raise ModelError(f"{sampler}: this model was trained on {wanted[0]}x{wanted[1]} images, x is "
+                         f"{x.shape[-2]}x{x.shape[-1]}; draw the starting noise with coursekit.samplers.noise(model, n)")
+
+
 def check_objective(model, wanted: tuple[str, ...], sampler: str) -> None:
     """Refuse a model that declares another objective than one of `wanted`: `sampler` would run on it
     without an error and return images of chance quality. The message names the sampler that fits."""

@@ -185,6 +185,9 @@ def text_to_image(pipe, prompts, *, steps: int = 25, guidance_scale: float = 7.5
     n = len(model.text[0])
     if latents is None:
         latents = randn_tensor(latent_shape(pipe, n), generator=generator, device=pipe.unet.device, dtype=pipe.unet.dtype)
+    elif not isinstance(latents, torch.Tensor) or tuple(latents.shape) != latent_shape(pipe, n):
+        raise PipelineError(f"latents must be a tensor of shape {latent_shape(pipe, n)} (one per prompt, the UNet's "
+                            f"channels and size), got {tuple(getattr(latents, 'shape', ())) or type(latents).__name__}")
     x = sample(model, pipe.scheduler, latents, steps=steps, generator=generator, callback=callback, progress=progress)
     return decode(pipe, x)
 

@@ -103,3 +103,59 @@ def test_no_random_draw_lets_a_known_mistake_pass(name, wrong):
     """The random inputs exclude degenerate draws: one head (splitting changes nothing) and alpha = rank
     (a scale of 1), where leaving the step out would be judged correct."""
     assert not any(exercises.check(name, wrong, trials=1, seed=seed).correct for seed in range(200))
+
+
+def _new_direction_cases():
+    from coursekit import cold, edm, flow, models
+
+    x, y = torch.randn(2, 1, 16, 16), torch.tensor([1, 2])
+    small = torch.randn(2, 1, 8, 8)
+    return {
+        "flow at another size": (lambda: flow.euler(models.load_model("digits-flow")[0], small, steps=2, labels=y),
+                                 models.ModelError, "trained on 16x16 images, x is 8x8.*samplers.noise"),
+        "EDM at another size": (lambda: edm.heun(models.load_model("digits-edm")[0], small, steps=2, labels=y),
+                                models.ModelError, "trained on 16x16 images"),
+        "cold at another size": (lambda: cold.sample(models.load_model("digits-cold")[0], torch.zeros(2, 1, 8, 8),
+                                                     labels=y), models.ModelError, "trained on 16x16 images"),
+        "Karras rho 0": (lambda: edm.karras_sigmas(4, rho=0), edm.EDMError, "rho must be a finite number > 0"),
+        "Karras sigma_min above sigma_max": (lambda: edm.karras_sigmas(4, sigma_min=100.0), edm.EDMError,
+                                             "need 0 < sigma_min < sigma_max"),
+        "flow time outside 0..1": (lambda: flow.interpolate(x, x, torch.tensor([0.5, 2.0])), flow.FlowError,
+                                   r"s is the time along the line, in \[0, 1\]"),
+        "blur level -1": (lambda: cold.degrade(x, -1), cold.ColdError, "whole blur level from 0"),
+        "blur level past the last": (lambda: cold.degrade(x, 99), cold.ColdError, "whole blur level from 0"),
+        "blur level as a fraction": (lambda: cold.degrade(x, 2.5), cold.ColdError, "whole blur level"),
+        "no starting points": (lambda: cold.start(x, 0), cold.ColdError, "n is the number of starting points"),
+        "negative start noise": (lambda: cold.start(x, 2, noise=-1.0), cold.ColdError, "noise is a standard deviation"),
+    }
+
+
+@pytest.mark.parametrize("case", sorted(_new_direction_cases()))
+def test_the_new_directions_refuse_sizes_times_levels_and_counts_they_cannot_use(case):
+    call, error, message = _new_direction_cases()[case]
+    with pytest.raises(error, match=message):
+        call()
+
+
+def test_latents_of_another_shape_are_refused(tiny_sd):
+    shape = sd.latent_shape(tiny_sd, 2)
+    with pytest.raises(sd.PipelineError, match=rf"latents must be a tensor of shape \({shape[0]}, {shape[1]}"):
+        sd.text_to_image(tiny_sd, ["a red seven", "a blue two"], steps=2, latents=torch.randn(2, shape[1], 4, 4))
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    (dict(conditioning_scale=float("nan")), "conditioning_scale must be a finite number >= 0"),
+    (dict(guidance_scale=-1.0), "guidance_scale must be a finite number >= 0"),
+    (dict(conditions=torch.zeros(1, 3, 16, 16)), "conditions must be image-sized for this pipeline, 32x32"),
+])
+def test_controlnet_scales_and_condition_sizes_are_checked(tiny_sd, kwargs, message):
+    controlnet = adapters.load_controlnet("tiny-sd-controlnet")
+    args = {"conditions": torch.zeros(1, 3, 32, 32), "steps": 2, **kwargs}
+    with pytest.raises(adapters.AdapterError, match=message):
+        adapters.controlled_image(tiny_sd, controlnet, ["a red seven"], args.pop("conditions"), **args)
+
+
+@pytest.mark.parametrize("scale", [float("nan"), float("inf"), "1"])
+def test_a_lora_scale_must_be_a_finite_number(tiny_sd, scale):
+    with pytest.raises(adapters.AdapterError, match="scale must be a finite number"):
+        adapters.load_lora(tiny_sd, "tiny-sd-lcm-lora", "lcm", scale=scale)

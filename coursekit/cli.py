@@ -230,6 +230,12 @@ def cmd_run(args) -> int:
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise CommandError(f"--out {out} is a file; pass a folder for the executed notebooks and the index")
+    held = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
+    if held and not ((out / "run.json").is_file() or (out / ".runs").is_dir()) and not getattr(args, "overwrite", False):
+        shown = ", ".join(held[:5]) + (f" and {len(held) - 5} more" if len(held) > 5 else "")
+        raise CommandError(f"--out {out} already holds files that `coursekit run` did not write ({shown}); pass a new "
+                           "or empty folder (the default is build), or --overwrite to write the executed notebooks and "
+                           "the index over them and keep the rest")
     paths = args.paths or ["units"]
     notebooks = find_notebooks(paths)
     if not notebooks:
@@ -471,6 +477,8 @@ def add_commands(sub) -> None:
     run.add_argument("--mathjax", help="a local MathJax 3 es5 folder to copy into --out, so the pages typeset "
                                        "maths offline (default: MathJax from the web)")
     run.add_argument("--quiet", action="store_true", help="no progress bar over each notebook's cells")
+    run.add_argument("--overwrite", action="store_true",
+                     help="write into an --out folder that holds files of another program (they are kept)")
     run.set_defaults(run=cmd_run)
     doc = sub.add_parser("doctor", help="what this machine can run, notebook by notebook")
     doc.add_argument("paths", nargs="*", help="notebooks or folders (default: units, when present)")

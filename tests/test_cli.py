@@ -58,9 +58,12 @@ def test_run_never_writes_over_a_notebook_and_keeps_its_copies_under_out(tmp_pat
     nb = write(tmp_path / "units" / "a.ipynb", "print(1)")
     before = nb.read_bytes()
     monkeypatch.chdir(tmp_path / "units")
-    args = lambda paths, out: type("A", (), {"paths": paths, "track": "small", "out": out, "timeout": 60})()
-    with pytest.raises(cli.CommandError, match="over the notebook itself; pass another folder"):
+    args = lambda paths, out, overwrite=False: type("A", (), {"paths": paths, "track": "small", "out": out, "timeout": 60,
+                                                              "overwrite": overwrite})()
+    with pytest.raises(cli.CommandError, match="already holds files that `coursekit run` did not write"):
         cli.cmd_run(args(["a.ipynb"], "."))
+    with pytest.raises(cli.CommandError, match="over the notebook itself; pass another folder"):
+        cli.cmd_run(args(["a.ipynb"], ".", overwrite=True))
     assert nb.read_bytes() == before
     (tmp_path / "work").mkdir()
     monkeypatch.chdir(tmp_path / "work")

@@ -112,3 +112,18 @@ def test_a_checkpoint_of_another_recipe_is_not_evaluated_as_this_one(tmp_path):
     zoo.train_checkpoint("digits-cond", out, steps=2, evaluate_after=False, progress=False)
     with pytest.raises(zoo.ZooError, match="holds the checkpoint 'digits-cond', not 'digits-uncond'"):
         zoo.reevaluate("digits-uncond", out)
+
+
+def test_run_refuses_an_out_folder_of_the_users_and_overwrite_keeps_their_files(tmp_path):
+    from tests.test_cli import write
+
+    (tmp_path / "nb").mkdir()
+    write(tmp_path / "nb" / "one.ipynb", "print(1)")
+    out = users_folder(tmp_path)
+    before = snapshot(tmp_path)
+    message = refusal(["run", str(tmp_path / "nb"), "--out", str(out), "--quiet"])
+    assert "already holds files that `coursekit run` did not write" in message and "--overwrite" in message
+    assert snapshot(tmp_path) == before
+    assert cli.main(["run", str(tmp_path / "nb"), "--out", str(out), "--quiet", "--overwrite"]) == 0
+    assert (out / "notes.txt").read_text() == "my notes\n" and (out / "index.html").is_file()
+    assert cli.main(["run", str(tmp_path / "nb"), "--out", str(out), "--quiet"]) == 0, "its own run folder is reused"

@@ -60,11 +60,10 @@ def parse(prompt: str) -> tuple[int | None, str | None]:
     import re
 
     words = re.findall(r"[a-z]+|\d+|[^\sa-z\d.,!]", str(prompt).lower())
-    unknown = [w for w in words if w not in PALETTE and w not in DIGIT_WORDS and w not in FILLER
-               and not (w.isdigit() and len(w) == 1)]
+    numbers = {**{w: i for i, w in enumerate(DIGIT_WORDS)}, **{str(i): i for i in range(10)}}
+    unknown = [w for w in words if w not in PALETTE and w not in numbers and w not in FILLER]
     colours = [w for w in words if w in PALETTE]
-    digits = [DIGIT_WORDS.index(w) if w in DIGIT_WORDS else int(w) for w in words
-              if w in DIGIT_WORDS or (w.isdigit() and len(w) == 1)]
+    digits = [numbers[w] for w in words if w in numbers]
     if unknown or len(colours) > 1 or len(digits) > 1 or not (colours or digits):
         verb = "is not a word" if len(unknown) == 1 else "are not words"
         unread = f" ({', '.join(repr(w) for w in unknown)} {verb} of the captions)" if unknown else ""
